@@ -1,0 +1,279 @@
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { ASAPClient } from '../client/index.js';
+import { ASAPError, ConnectionError, ErrorCode } from '../protocol/errors.js';
+import { isJsonObject, type JsonObject } from '../protocol/schema-util.js';
+import { createDemoAgent } from './demo-agent.js';
+import { createLogger, LOG_LEVELS, type LogLevel } from './logger.js';
+
+function int(name: string, min = 0) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < min)
+      throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
+    return n;
+  };
+}
+
+function positive(name: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a number > 0`);
+    return n;
+  };
+}
+
+function jsonObjectArg(value: string): JsonObject {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch {
+    throw new InvalidArgumentError('--input must be JSON');
+  }
+  if (!isJsonObject(parsed)) throw new InvalidArgumentError('--input must be a JSON object');
+  return parsed;
+}
+
+interface ServeOptions {
+  host: string;
+  port: number;
+  agentId: string;
+  token?: string;
+  rateLimit: number;
+  heartbeatInterval: number;
+  maxMessageBytes: number;
+  drainTimeout: number;
+  logLevel: LogLevel;
+  pushForm: 'notification' | 'result';
+  static?: string;
+}
+
+/** The browser bundle (scripts/build-browser.mjs) from dist/cli/ after a build, or from src/cli/ under tsx. */
+export function browserBundleFile(): string {
+  const candidates = ['../browser/asap-client.js', '../../dist/browser/asap-client.js'].map((p) =>
+    fileURLToPath(new URL(p, import.meta.url)),
+  );
+  return candidates.find((p) => existsSync(p)) ?? candidates[0]!;
+}
+
+/** Server options for `--static DIR`: the directory, plus the browser bundle at `/asap-client.js`. */
+export function staticOptions(dir: string): { staticDir: string; staticFiles: Record<string, string> } {
+  return { staticDir: dir, staticFiles: { '/asap-client.js': browserBundleFile() } };
+}
+
+async function serve(o: ServeOptions): Promise<number> {
+  const logger = createLogger(o.logLevel);
+  const server = createDemoAgent({
+    agentId: o.agentId,
+    logger,
+    token: o.token,
+    rateLimit: o.rateLimit,
+    heartbeatIntervalMs: o.heartbeatInterval * 1000,
+    maxMessageBytes: o.maxMessageBytes,
+    drainTimeoutMs: o.drainTimeout * 1000,
+    pushForm: o.pushForm,
+    ...(o.static === undefined ? {} : staticOptions(o.static)),
+  });
+  const addr = await server.listen({ host: o.host, port: o.port });
+  const hostPart = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
+  const base = `${hostPart}:${addr.port}`;
+  process.stdout.write(`ASAP agent listening on http://${base} (ws://${base}/asap/ws)\n`);
+  if (o.logLevel !== 'silent') {
+    const token = o.token === undefined ? '' : ' --token <token>';
+    process.stderr.write(
+      `Try it from another terminal:\n  npx asap send ws://${base}/asap/ws --skill echo --input '{"hello":"world"}'${token}\n`,
+    );
+    if (o.static !== undefined) {
+      const bundle = browserBundleFile();
+      process.stderr.write(`Serving ${o.static} at http://${base}/ (the client bundle at /asap-client.js)\n`);
+      if (!existsSync(bundle)) process.stderr.write(`  ${bundle} is missing: run npm run build\n`);
+    }
+  }
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      logger.info({ signal }, 'shutting down');
+      process.off('SIGTERM', onTerm);
+      process.off('SIGINT', onInt);
+      void server.close().then(resolve);
+    };
+    const onTerm = () => stop('SIGTERM');
+    const onInt = () => stop('SIGINT');
+    process.on('SIGTERM', onTerm);
+    process.on('SIGINT', onInt);
+  });
+  return 0;
+}
+
+interface SendOptions {
+  skill: string;
+  input: JsonObject;
+  token?: string;
+  timeout: number;
+  stream?: boolean;
+  sender: string;
+  recipient: string;
+}
+
+function failureExit(err: unknown, command = 'send'): number {
+  const e = err instanceof ASAPError ? err : new ConnectionError((err as Error).message);
+  const local =
+    e instanceof ConnectionError || (e.code === ErrorCode.Timeout && e.name === 'RequestTimeoutError');
+  if (!local) process.stdout.write(`${JSON.stringify({ error: e.toJSON() }, null, 2)}\n`);
+  process.stderr.write(`asap ${command}: ${local ? '' : `error ${e.code}: `}${e.message}\n`);
+  return local ? 2 : 1;
+}
+
+async function send(url: string, o: SendOptions): Promise<number> {
+  let client: ASAPClient;
+  try {
+    client = new ASAPClient(url, {
+      token: o.token,
+      sender: o.sender,
+      recipient: o.recipient,
+      requestTimeoutMs: o.timeout * 1000,
+      websocket: { reconnect: false, heartbeatIntervalMs: 0, circuitBreaker: false },
+    });
+  } catch (err) {
+    process.stderr.write(`asap send: ${(err as Error).message}\n`);
+    return 2;
+  }
+  try {
+    const envelope = client.taskEnvelope(o.skill, o.input, o.stream ? { config: { streaming: true } } : {});
+    let last: { payload: object } | undefined;
+    if (o.stream) {
+      for await (const chunk of client.stream(envelope)) {
+        process.stdout.write(`${JSON.stringify(chunk)}\n`);
+        last = chunk;
+      }
+    } else {
+      last = await client.send(envelope);
+      process.stdout.write(`${JSON.stringify(last, null, 2)}\n`);
+    }
+    const status = (last?.payload as { status?: unknown } | undefined)?.status;
+    if (status === 'completed') return 0;
+    process.stderr.write(`asap send: task ended with status ${String(status)}\n`);
+    return 1;
+  } catch (err) {
+    return failureExit(err);
+  } finally {
+    await client.close();
+  }
+}
+
+async function discover(baseUrl: string, o: { token?: string; timeout: number }): Promise<number> {
+  let client: ASAPClient;
+  try {
+    client = new ASAPClient(baseUrl.replace(/^ws(s?):/, 'http$1:'), {
+      token: o.token,
+      requestTimeoutMs: o.timeout * 1000,
+    });
+  } catch (err) {
+    process.stderr.write(`asap discover: ${(err as Error).message}\n`);
+    return 2;
+  }
+  try {
+    const [manifest, health] = await Promise.all([client.discover(), client.health()]);
+    process.stdout.write(`${JSON.stringify({ manifest, health }, null, 2)}\n`);
+    return 0;
+  } catch (err) {
+    return failureExit(err, 'discover');
+  }
+}
+
+/** Parses argv and runs the command; resolves with the exit code. */
+export async function run(argv: string[]): Promise<number | undefined> {
+  let code: number | undefined;
+  const program = new Command('asap')
+    .description('ASAP agent-to-agent protocol: run the demo agent, send tasks, discover agents')
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command('serve')
+    .description('start the demo agent (HTTP and WebSocket on one port)')
+    .option('--host <host>', 'listen address', '127.0.0.1')
+    .option('--port <port>', 'listen port; 0 picks a free one', int('--port'), 8080)
+    .option('--agent-id <urn>', 'the manifest id and the sender of replies', 'urn:asap:agent:demo')
+    .option('--token <token>', 'require Authorization: Bearer <token> on HTTP and WebSocket')
+    .option(
+      '--rate-limit <n>',
+      'WebSocket messages per second per connection; 0 turns it off',
+      int('--rate-limit'),
+      10,
+    )
+    .option(
+      '--heartbeat-interval <s>',
+      'seconds between server pings; stale after 3x this',
+      positive('--heartbeat-interval'),
+      30,
+    )
+    .option(
+      '--max-message-bytes <n>',
+      'frame / body size limit',
+      int('--max-message-bytes', 1),
+      10 * 1024 * 1024,
+    )
+    .option(
+      '--drain-timeout <s>',
+      'seconds in-flight work may finish on shutdown',
+      positive('--drain-timeout'),
+      10,
+    )
+    .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
+    .addOption(
+      new Option(
+        '--push-form <form>',
+        'server push as notifications, or as result frames with id null (reference clients)',
+      )
+        .choices(['notification', 'result'])
+        .default('notification'),
+    )
+    .option(
+      '--static <dir>',
+      'also serve the files of this directory (and the browser bundle at /asap-client.js)',
+    )
+    .action(async (o: ServeOptions) => {
+      code = await serve(o);
+    });
+
+  program
+    .command('send')
+    .description('send one TaskRequest and print the response envelope')
+    .argument('<url>', 'ws://HOST:PORT/asap/ws or http://HOST:PORT/asap')
+    .option('--skill <id>', 'skill to run', 'echo')
+    .option('--input <json>', 'the task input, a JSON object', jsonObjectArg, {})
+    .option('--token <token>', 'bearer token')
+    .option('--timeout <s>', 'seconds to wait for the response', positive('--timeout'), 30)
+    .option('--stream', 'print each chunk as it arrives')
+    .option('--sender <urn>', 'sender agent URN', 'urn:asap:agent:cli')
+    .option('--recipient <urn>', 'recipient agent URN', 'urn:asap:agent:demo')
+    .action(async (url: string, o: SendOptions) => {
+      code = await send(url, o);
+    });
+
+  program
+    .command('discover')
+    .description("print an agent's manifest and health")
+    .argument('<base-url>', 'http://HOST:PORT')
+    .option('--token <token>', 'bearer token')
+    .option('--timeout <s>', 'seconds to wait', positive('--timeout'), 10)
+    .action(async (baseUrl: string, o: { token?: string; timeout: number }) => {
+      code = await discover(baseUrl, o);
+    });
+
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    // Not a parse error: an action failed (e.g. serve could not listen). Say why instead of exiting silently.
+    if (!(err instanceof CommanderError)) {
+      process.stderr.write(`asap: ${(err as Error).message}\n`);
+      return 2;
+    }
+    const e = err as { exitCode?: number; code?: string };
+    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return 0;
+    if (e.code === 'commander.help') return 0;
+    return e.exitCode === 0 ? 0 : 2;
+  }
+  return code;
+}

@@ -1,0 +1,17 @@
+import { pino } from 'pino';
+import type { Logger } from '../core/logger.js';
+
+export const LOG_LEVELS = ['silent', 'error', 'warn', 'info', 'debug'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Structured JSON logs on stderr (stdout belongs to the command's output). Tokens are never logged. */
+export function createLogger(level: LogLevel): Logger {
+  return pino(
+    {
+      level,
+      redact: ['token', 'authorization', '*.authorization', 'headers.authorization'],
+      base: { pid: process.pid },
+    },
+    pino.destination({ fd: 2, sync: true }),
+  );
+}

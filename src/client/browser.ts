@@ -1,0 +1,8 @@
+// Browser entry: the global WebSocket and fetch, no Node-only import. The protocol layer comes along
+// so a page can build and check envelopes with the same package.
+export * from '../protocol/index.js';
+export * from './client.js';
+export * from './http-transport.js';
+export * from './pool.js';
+export * from './runtime.js';
+export * from './websocket-transport.js';

@@ -1,0 +1,167 @@
+import { createEnvelope, type Envelope, type EnvelopeInit } from '../protocol/envelope.js';
+import type { Health, Manifest } from '../protocol/manifest.js';
+import type { TaskRequest, TaskStream } from '../protocol/payloads.js';
+import type { JsonObject } from '../protocol/schema-util.js';
+import { baseUrlOf, HttpTransport, type HttpTransportOptions } from './http-transport.js';
+import { ConnectionPool } from './pool.js';
+import type { RequestOptions, WebSocketTransport, WebSocketTransportOptions } from './websocket-transport.js';
+
+export type TransportChoice = 'auto' | 'http' | 'websocket';
+
+export interface ASAPClientOptions {
+  /** `auto` (default) picks WebSocket for ws:// and wss://, HTTP for http:// and https://. */
+  transport?: TransportChoice;
+  token?: string;
+  /** This client's agent URN, the sender of envelopes built by `task()` (default `urn:asap:agent:client`). */
+  sender?: string;
+  /** The peer's agent URN, the recipient of envelopes built by `task()` (default `urn:asap:agent:demo`). */
+  recipient?: string;
+  /** Request deadline for both transports; `websocket.requestTimeoutMs` / `http.requestTimeoutMs` override it. */
+  requestTimeoutMs?: number;
+  /** Options of every WebSocket connection. */
+  websocket?: WebSocketTransportOptions;
+  http?: Omit<HttpTransportOptions, 'token'>;
+  /** A pool shared with other clients (not closed by `close()`); else the client keeps its own. */
+  pool?: ConnectionPool;
+  /** Connections per target in the client's own pool (default 1). */
+  poolSize?: number;
+}
+
+export interface TaskOptions extends RequestOptions {
+  conversationId?: string;
+  config?: TaskRequest['config'];
+  traceId?: string;
+}
+
+/** Picks the transport a URL implies. */
+export function transportFor(url: string, choice: TransportChoice = 'auto'): 'http' | 'websocket' {
+  if (choice !== 'auto') return choice;
+  const scheme = new URL(url).protocol;
+  if (scheme === 'ws:' || scheme === 'wss:') return 'websocket';
+  if (scheme === 'http:' || scheme === 'https:') return 'http';
+  throw new Error(`Unsupported URL scheme ${scheme} (use http, https, ws or wss)`);
+}
+
+/**
+ * An ASAP client. The same `send()` works over HTTP and WebSocket; the URL
+ * picks the transport unless told otherwise.
+ */
+export class ASAPClient {
+  readonly kind: 'http' | 'websocket';
+  private readonly http: HttpTransport | undefined;
+  private readonly pool: ConnectionPool | undefined;
+  private readonly ownsPool: boolean;
+  private readonly sender: string;
+  private readonly recipient: string;
+
+  constructor(
+    readonly url: string,
+    private readonly opts: ASAPClientOptions = {},
+  ) {
+    this.kind = transportFor(url, opts.transport);
+    this.sender = opts.sender ?? 'urn:asap:agent:client';
+    this.recipient = opts.recipient ?? 'urn:asap:agent:demo';
+    if (this.kind === 'http') {
+      this.http = new HttpTransport(url, {
+        ...opts.http,
+        token: opts.token,
+        requestTimeoutMs: opts.http?.requestTimeoutMs ?? opts.requestTimeoutMs,
+      });
+      this.ownsPool = false;
+    } else {
+      this.ownsPool = opts.pool === undefined;
+      this.pool =
+        opts.pool ??
+        new ConnectionPool({
+          maxPerTarget: opts.poolSize ?? 1,
+          transport: { token: opts.token, requestTimeoutMs: opts.requestTimeoutMs, ...opts.websocket },
+        });
+    }
+  }
+
+  /**
+   * Starts over HTTP at `baseUrl`, reads the manifest, and returns a client on
+   * its WebSocket endpoint (`endpoints.events`), or on HTTP when it has none.
+   */
+  static async fromManifest(baseUrl: string, opts: ASAPClientOptions = {}): Promise<ASAPClient> {
+    const manifest = await new HttpTransport(baseUrl, { token: opts.token }).discover(baseUrlOf(baseUrl));
+    const url = manifest.endpoints.events ?? manifest.endpoints.asap;
+    return new ASAPClient(url, { recipient: manifest.id, ...opts, transport: 'auto' });
+  }
+
+  /** The WebSocket connection requests go to next (opening it if needed). */
+  transport(): WebSocketTransport {
+    if (this.pool === undefined) throw new Error('This client uses HTTP');
+    return this.pool.acquire(this.url);
+  }
+
+  /** Sends an envelope and resolves with the response envelope. */
+  send(
+    envelope: Envelope<object> | EnvelopeInit<object>,
+    opts: RequestOptions = {},
+  ): Promise<Envelope<object>> {
+    if (this.http !== undefined) return this.http.request(envelope, opts);
+    return this.transport().request(envelope, opts);
+  }
+
+  /** Streams the answer: TaskStream envelopes up to the final one (over HTTP, just the final one). */
+  async *stream(
+    envelope: Envelope<object> | EnvelopeInit<object>,
+    opts: RequestOptions = {},
+  ): AsyncIterable<Envelope<TaskStream>> {
+    if (this.http !== undefined) {
+      yield (await this.http.request(envelope, opts)) as Envelope<TaskStream>;
+      return;
+    }
+    yield* this.transport().stream(envelope, opts);
+  }
+
+  /** Builds a TaskRequest envelope for a skill. */
+  taskEnvelope(skillId: string, input: JsonObject = {}, opts: TaskOptions = {}): Envelope<TaskRequest> {
+    const payload: TaskRequest = {
+      conversation_id: opts.conversationId ?? `conv-${Date.now().toString(36)}`,
+      skill_id: skillId,
+      input,
+    };
+    if (opts.config) payload.config = opts.config;
+    return createEnvelope({
+      sender: this.sender,
+      recipient: this.recipient,
+      payload_type: 'TaskRequest',
+      payload,
+      trace_id: opts.traceId,
+    });
+  }
+
+  /** Runs a skill and resolves with the TaskResponse envelope. */
+  task(skillId: string, input: JsonObject = {}, opts: TaskOptions = {}): Promise<Envelope<object>> {
+    return this.send(this.taskEnvelope(skillId, input, opts), opts);
+  }
+
+  /** Calls back for every pushed envelope, on any of this client's connections. Returns the remover. */
+  onMessage(callback: (envelope: Envelope<object>) => void): () => void {
+    if (this.pool === undefined) return () => {};
+    return this.pool.on('message', (env) => callback(env));
+  }
+
+  discover(baseUrl: string = baseUrlOf(this.url)): Promise<Manifest> {
+    return (this.http ?? new HttpTransport(this.httpBase(baseUrl), { token: this.opts.token })).discover(
+      this.httpBase(baseUrl),
+    );
+  }
+
+  health(baseUrl: string = baseUrlOf(this.url)): Promise<Health> {
+    return (this.http ?? new HttpTransport(this.httpBase(baseUrl), { token: this.opts.token })).health(
+      this.httpBase(baseUrl),
+    );
+  }
+
+  private httpBase(url: string): string {
+    return url.replace(/^ws(s?):/, 'http$1:');
+  }
+
+  /** Closes the client's own connections. */
+  async close(): Promise<void> {
+    if (this.pool !== undefined && this.ownsPool) await this.pool.close();
+  }
+}

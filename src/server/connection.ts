@@ -1,0 +1,317 @@
+import type { WebSocket } from 'ws';
+import { type Answer, isPromiseLike, type Session } from '../core/dispatcher.js';
+import type { Logger } from '../core/logger.js';
+import { TokenBucket } from '../core/token-bucket.js';
+import { createEnvelope, type Envelope } from '../protocol/envelope.js';
+import { ASAPError, ConnectionError, ProtocolError, RequestTimeoutError } from '../protocol/errors.js';
+import {
+  decodeFrame,
+  type ErrorFrame,
+  encodeError,
+  encodeNotification,
+  encodeRequest,
+  encodeSuccess,
+  type Frame,
+  METHOD_SEND,
+  PING_FRAME,
+  PONG_FRAME,
+  type SuccessFrame,
+} from '../protocol/jsonrpc.js';
+import { ACKED_TYPES, type MessageAck, normalizePayloadType } from '../protocol/payloads.js';
+import { isJsonObject } from '../protocol/schema-util.js';
+
+/** What a connection needs from the server that owns it. */
+export interface ConnectionHost {
+  readonly logger: Logger;
+  readonly maxInFlight: number;
+  readonly highWaterMark: number;
+  readonly pushForm: 'notification' | 'result';
+  readonly draining: boolean;
+  readonly drainRetryAfterMs: number;
+  readonly rateLimit: number;
+  handle(frame: Frame, session: Session): Answer;
+  begin(): () => void;
+  identify(connection: Connection, agentUrn: string): void;
+  onAck(connection: Connection, envelope: Envelope<MessageAck>): void;
+  trackPush(connection: Connection, envelopeId: string, text: string): Promise<void>;
+  closed(connection: Connection): void;
+}
+
+/** A snapshot of one connection, as `server.connections` lists it. */
+export interface ConnectionInfo {
+  id: number;
+  remoteAddress: string | undefined;
+  agentUrn: string | undefined;
+  connectedAt: Date;
+  inFlight: number;
+}
+
+interface PendingReverse {
+  envelopeId: string;
+  resolve: (env: Envelope<object>) => void;
+  reject: (err: Error) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+let nextConnectionId = 1;
+
+/** One WebSocket peer: framing, limits, backpressure, push and reverse requests. It is the dispatcher's Session. */
+export class Connection implements Session {
+  readonly transport = 'websocket' as const;
+  readonly interactive = true;
+  readonly id = nextConnectionId++;
+  readonly connectedAt = new Date();
+  agentUrn: string | undefined;
+  /** Last time anything arrived (ms since epoch); the server's sweep reads it. */
+  lastSeen = Date.now();
+  /** When the server started closing it as stale (0 = not closing). */
+  closingSince = 0;
+  inFlight = 0;
+  private paused = false;
+  /** Frames ws delivered after the in-flight cap was reached (it emits what it had buffered before the pause). */
+  private readonly backlog: Frame[] = [];
+  /** Set once the rate limit was exceeded: nothing more is read, and the close waits for in-flight answers. */
+  private limited = false;
+  private readonly bucket: TokenBucket | undefined;
+  private readonly reverse = new Map<string, PendingReverse>();
+  private nextReverseId = 1;
+
+  constructor(
+    readonly socket: WebSocket,
+    readonly remoteAddress: string | undefined,
+    readonly principal: unknown,
+    private readonly host: ConnectionHost,
+  ) {
+    this.bucket = host.rateLimit > 0 ? new TokenBucket(host.rateLimit, host.rateLimit) : undefined;
+    socket.on('message', (data: Buffer | ArrayBuffer | Buffer[]) => this.receive(data));
+    socket.on('pong', () => {
+      this.lastSeen = Date.now();
+    });
+    socket.on('error', (err) => host.logger.debug({ conn: this.id, err: err.message }, 'websocket error'));
+    socket.once('close', (code, reason) => this.onClose(code, reason.toString()));
+  }
+
+  get info(): ConnectionInfo {
+    return {
+      id: this.id,
+      remoteAddress: this.remoteAddress,
+      agentUrn: this.agentUrn,
+      connectedAt: this.connectedAt,
+      inFlight: this.inFlight,
+    };
+  }
+
+  get isOpen(): boolean {
+    return this.socket.readyState === 1;
+  }
+
+  private receive(data: Buffer | ArrayBuffer | Buffer[]): void {
+    if (this.limited) return;
+    this.lastSeen = Date.now();
+    const text = Array.isArray(data)
+      ? Buffer.concat(data).toString('utf8')
+      : Buffer.isBuffer(data)
+        ? data.toString('utf8')
+        : Buffer.from(data).toString('utf8');
+    if (text === PING_FRAME) {
+      this.socket.send(PONG_FRAME);
+      return;
+    }
+    if (text === PONG_FRAME) return;
+    const frame = decodeFrame(text);
+    if (frame.kind === 'heartbeat') {
+      if (frame.type === 'ping') this.socket.send(PONG_FRAME);
+      return;
+    }
+    if (this.bucket !== undefined && !this.bucket.take()) {
+      this.refuseRateLimited(frame);
+      return;
+    }
+    if (this.inFlight >= this.host.maxInFlight) {
+      // Over the cap: wait in order for a free slot (nothing is dropped or refused).
+      this.backlog.push(frame);
+      return;
+    }
+    this.dispatch(frame);
+  }
+
+  private dispatch(frame: Frame): void {
+    if (this.host.draining && (frame.kind === 'request' || frame.kind === 'batch')) {
+      const err = ASAPError.resourceExhausted('Server shutting down', {
+        retry_after_ms: this.host.drainRetryAfterMs,
+      });
+      this.write(encodeError(frame.kind === 'request' ? frame.id : null, err));
+      return;
+    }
+    let answer: Answer;
+    try {
+      answer = this.host.handle(frame, this);
+    } catch (err) {
+      this.dispatchFailed(frame, err);
+      return;
+    }
+    if (!isPromiseLike(answer)) {
+      // Answered at once (the common case): nothing to count, nothing to wait for.
+      if (answer !== undefined) this.write(answer);
+      return;
+    }
+    this.inFlight++;
+    const done = this.host.begin();
+    if (this.inFlight >= this.host.maxInFlight && !this.paused) {
+      // Backpressure: stop reading this socket until a slot frees; nothing is dropped or refused.
+      this.paused = true;
+      this.socket.pause();
+    }
+    answer.then(
+      (text) => {
+        if (text !== undefined) this.write(text);
+        this.settle(done);
+      },
+      (err: unknown) => {
+        this.dispatchFailed(frame, err);
+        this.settle(done);
+      },
+    );
+  }
+
+  private dispatchFailed(frame: Frame, err: unknown): void {
+    this.host.logger.error({ conn: this.id, err: (err as Error).message }, 'dispatch failed');
+    // (e.g. a shared dedupe store failed) A request must still get an answer.
+    if (frame.kind === 'request') this.write(encodeError(frame.id, ASAPError.internal()));
+  }
+
+  private settle(done: () => void): void {
+    this.inFlight--;
+    done();
+    while (this.backlog.length > 0 && this.inFlight < this.host.maxInFlight)
+      this.dispatch(this.backlog.shift()!);
+    if (this.limited) {
+      if (this.inFlight === 0) this.close(1008, 'Rate limit exceeded');
+    } else if (this.paused && this.inFlight < this.host.maxInFlight) {
+      this.paused = false;
+      this.socket.resume();
+    }
+  }
+
+  private refuseRateLimited(frame: Frame): void {
+    const id = frame.kind === 'request' ? frame.id : frame.kind === 'invalid' ? frame.id : null;
+    const err = ASAPError.resourceExhausted('Rate limit exceeded', { limit_per_second: this.host.rateLimit });
+    this.host.logger.warn({ conn: this.id, agent: this.agentUrn }, 'rate limit exceeded; closing');
+    this.write(encodeError(id, err));
+    this.limited = true;
+    // Requests accepted before the overflow are still answered (see settle); then the connection closes.
+    if (this.inFlight === 0) this.close(1008, 'Rate limit exceeded');
+  }
+
+  /**
+   * Sends one encoded message. Resolves at once while the send buffer is below
+   * the high-water mark; above it, when this frame has been flushed.
+   */
+  write(text: string): void | Promise<void> {
+    if (this.socket.readyState !== 1) return;
+    if (this.socket.bufferedAmount < this.host.highWaterMark) {
+      this.socket.send(text);
+      return;
+    }
+    return new Promise((resolve) => this.socket.send(text, () => resolve()));
+  }
+
+  onEnvelope(envelope: Envelope<object>): void {
+    if (this.agentUrn === undefined) {
+      this.agentUrn = envelope.sender;
+      this.host.identify(this, envelope.sender);
+    }
+  }
+
+  onAck(envelope: Envelope<MessageAck>): void {
+    this.host.onAck(this, envelope);
+  }
+
+  /** Sends an envelope as server push, in the form the server is configured for. */
+  push(init: Envelope<object>): Promise<void> {
+    if (!this.isOpen) return Promise.reject(new ConnectionError('Connection is closed'));
+    const envelope =
+      init.requires_ack !== true && ACKED_TYPES.has(normalizePayloadType(init.payload_type))
+        ? { ...init, requires_ack: true }
+        : init;
+    const text =
+      this.host.pushForm === 'result'
+        ? encodeSuccess(null, { envelope })
+        : encodeNotification(METHOD_SEND, { envelope });
+    const written = Promise.resolve(this.write(text));
+    // A push that requires an ack settles when the client acknowledges it (retransmitted until then).
+    if (envelope.requires_ack === true)
+      return written.then(() => this.host.trackPush(this, envelope.id, text));
+    return written;
+  }
+
+  /**
+   * Sends a reverse request (an `asap.send` with an id) and resolves with the
+   * client's response envelope, bound to the request by `correlation_id`.
+   */
+  request(
+    init: Envelope<object> | Parameters<typeof createEnvelope>[0],
+    opts: { timeoutMs?: number } = {},
+  ): Promise<Envelope<object>> {
+    const envelope = 'id' in init && 'timestamp' in init ? (init as Envelope<object>) : createEnvelope(init);
+    if (!this.isOpen) return Promise.reject(new ConnectionError('Connection is closed'));
+    const id = `srv-req-${this.nextReverseId++}`;
+    return new Promise((resolve, reject) => {
+      const timeoutMs = opts.timeoutMs ?? 60_000;
+      const timer = setTimeout(() => {
+        this.reverse.delete(id);
+        reject(new RequestTimeoutError(`No response to ${id} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.reverse.set(id, { envelopeId: envelope.id, resolve, reject, timer });
+      void this.write(encodeRequest(METHOD_SEND, { envelope }, id));
+    });
+  }
+
+  onResponse(frame: SuccessFrame | ErrorFrame): void {
+    const key = frame.id === null ? undefined : String(frame.id);
+    const pending = key === undefined ? undefined : this.reverse.get(key);
+    if (pending === undefined) {
+      this.host.logger.debug({ conn: this.id, id: frame.id }, 'response to no pending request dropped');
+      return;
+    }
+    this.reverse.delete(key!);
+    clearTimeout(pending.timer);
+    if (frame.kind === 'error') {
+      pending.reject(ASAPError.fromJSON(frame.error));
+      return;
+    }
+    const env = isJsonObject(frame.result) ? frame.result.envelope : undefined;
+    if (!isJsonObject(env) || env.correlation_id !== pending.envelopeId) {
+      pending.reject(new ProtocolError('Response does not bind to its request (correlation_id mismatch)'));
+      return;
+    }
+    pending.resolve(env as unknown as Envelope<object>);
+  }
+
+  /** Sends an app-level ping (the server's heartbeat). */
+  ping(): void {
+    if (this.isOpen) this.socket.send(PING_FRAME);
+  }
+
+  close(code = 1000, reason = ''): void {
+    if (this.paused) {
+      // A paused socket would never read the peer's close frame: the close would hang until ws's 30 s timer.
+      this.paused = false;
+      this.socket.resume();
+    }
+    if (this.socket.readyState === 0 || this.socket.readyState === 1) this.socket.close(code, reason);
+  }
+
+  terminate(): void {
+    this.socket.terminate();
+  }
+
+  private onClose(code: number, reason: string): void {
+    for (const [key, pending] of this.reverse) {
+      clearTimeout(pending.timer);
+      pending.reject(new ConnectionError(`Connection closed (${code}${reason ? ` ${reason}` : ''})`));
+      this.reverse.delete(key);
+    }
+    this.host.closed(this);
+  }
+}

@@ -1,0 +1,170 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Dispatcher, Session } from '../core/dispatcher.js';
+import type { Logger } from '../core/logger.js';
+import { ASAPError } from '../protocol/errors.js';
+import { decodeFrame, encodeError } from '../protocol/jsonrpc.js';
+import { bearerFromHeader } from './auth.js';
+
+export interface HttpBindingHost {
+  readonly dispatcher: Dispatcher;
+  readonly logger: Logger;
+  readonly maxMessageBytes: number;
+  readonly draining: boolean;
+  readonly drainRetryAfterMs: number;
+  readonly rpcPath: string;
+  readonly manifestPath: string;
+  readonly healthPath: string;
+  authenticate(
+    token: string | undefined,
+  ): Promise<{ ok: true; principal: unknown } | { ok: false; reason: string }>;
+  manifestFor(req: IncomingMessage): object;
+  health(): { status: number; body: object };
+  /** Counts a request as in flight until `done` is called, so shutdown can wait for it. */
+  begin(): () => void;
+}
+
+const JSON_TYPE = 'application/json';
+
+const noWrite = (): void => {};
+const noPush = (): Promise<void> => Promise.resolve();
+
+function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: string,
+  headers: Record<string, string> = {},
+): void {
+  res.writeHead(status, { 'content-type': JSON_TYPE, 'content-length': Buffer.byteLength(body), ...headers });
+  res.end(body);
+}
+
+function isJsonContentType(header: string | undefined): boolean {
+  if (header === undefined) return false;
+  const type = header.split(';', 1)[0]!.trim().toLowerCase();
+  return type === JSON_TYPE || (type.startsWith('application/') && type.endsWith('+json'));
+}
+
+/** The HTTP binding of asap-wire.md §4: POST /asap, the manifest and health. */
+export class HttpBinding {
+  constructor(private readonly host: HttpBindingHost) {}
+
+  /** Serves the request when it is one of ours; false lets the caller route it elsewhere. */
+  handle(req: IncomingMessage, res: ServerResponse): boolean {
+    const path = (req.url ?? '/').split('?', 1)[0];
+    const h = this.host;
+    if (path === h.rpcPath) {
+      if (req.method !== 'POST') {
+        sendJson(res, 405, encodeError(null, ASAPError.invalidRequest('Use POST')), { allow: 'POST' });
+      } else {
+        void this.rpc(req, res);
+      }
+      return true;
+    }
+    if (path === h.manifestPath || path === h.healthPath) {
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        sendJson(res, 405, JSON.stringify({ error: 'Method not allowed' }), { allow: 'GET, HEAD' });
+      } else if (path === h.manifestPath) {
+        sendJson(res, 200, JSON.stringify(h.manifestFor(req)), { 'cache-control': 'public, max-age=60' });
+      } else {
+        const { status, body } = h.health();
+        sendJson(res, status, JSON.stringify(body), { 'cache-control': 'no-store' });
+      }
+      return true;
+    }
+    return false;
+  }
+
+  private async rpc(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const h = this.host;
+    const done = h.begin();
+    try {
+      if (h.draining) {
+        const err = ASAPError.resourceExhausted('Server shutting down', {
+          retry_after_ms: h.drainRetryAfterMs,
+        });
+        req.resume();
+        sendJson(res, 503, encodeError(null, err), {
+          'retry-after': String(Math.ceil(h.drainRetryAfterMs / 1000)),
+        });
+        return;
+      }
+      const auth = await h.authenticate(bearerFromHeader(req.headers.authorization));
+      if (!auth.ok) {
+        req.resume();
+        sendJson(res, 401, encodeError(null, ASAPError.unauthorized(auth.reason)), {
+          'www-authenticate': 'Bearer',
+        });
+        return;
+      }
+      if (!isJsonContentType(req.headers['content-type'])) {
+        req.resume();
+        sendJson(res, 415, encodeError(null, ASAPError.invalidRequest(`Content-Type must be ${JSON_TYPE}`)));
+        return;
+      }
+      const body = await this.readBody(req, res);
+      if (body === undefined) return;
+      const frame = decodeFrame(body);
+      if (frame.kind === 'heartbeat') {
+        sendJson(
+          res,
+          200,
+          encodeError(null, ASAPError.invalidRequest('Heartbeat frames belong to WebSocket')),
+        );
+        return;
+      }
+      const answer = await h.dispatcher.handle(frame, {
+        transport: 'http',
+        interactive: false,
+        principal: auth.principal,
+        write: noWrite,
+        push: noPush,
+      } satisfies Session);
+      if (answer === undefined) {
+        res.writeHead(204);
+        res.end();
+      } else {
+        sendJson(res, 200, answer);
+      }
+    } catch (err) {
+      h.logger.error({ err: (err as Error).message }, 'HTTP request failed');
+      if (!res.headersSent) sendJson(res, 500, encodeError(null, ASAPError.internal()));
+    } finally {
+      done();
+    }
+  }
+
+  /** Reads the body up to the limit; answers 413 and resolves undefined past it. */
+  private readBody(req: IncomingMessage, res: ServerResponse): Promise<string | undefined> {
+    const limit = this.host.maxMessageBytes;
+    const tooLarge = () => {
+      sendJson(res, 413, encodeError(null, ASAPError.invalidRequest(`Request body exceeds ${limit} bytes`)), {
+        connection: 'close',
+      });
+    };
+    const declared = Number(req.headers['content-length']);
+    if (declared > limit) {
+      tooLarge();
+      req.destroy();
+      return Promise.resolve(undefined);
+    }
+    return new Promise((resolve) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      req.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > limit) {
+          req.removeAllListeners('data');
+          tooLarge();
+          req.destroy();
+          resolve(undefined);
+          return;
+        }
+        chunks.push(chunk);
+      });
+      req.on('end', () =>
+        resolve(chunks.length === 1 ? chunks[0]!.toString('utf8') : Buffer.concat(chunks).toString('utf8')),
+      );
+      req.on('error', () => resolve(undefined));
+    });
+  }
+}

@@ -1,0 +1,261 @@
+/**
+ * Acknowledgements, retransmission and the circuit breaker (asap-wire.md §6) against plain `ws` servers
+ * that ack late, never, or with `rejected`.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { CircuitState } from '../../src/core/circuit-breaker.js';
+import { createEnvelope } from '../../src/protocol/envelope.js';
+import { ConnectionError, ErrorCode } from '../../src/protocol/errors.js';
+import {
+  AGENT_URN,
+  ackFrame,
+  CLIENT_URN,
+  cleanup,
+  countingFactory,
+  makeTransport,
+  outcome,
+  PlainServer,
+  type Received,
+  responseFrame,
+  resultOf,
+  setup,
+  task,
+  waitFor,
+  within,
+} from './helpers.js';
+
+afterEach(cleanup);
+
+/** A well-behaved peer: acks what asks for it, answers requests. */
+function ackAndAnswer(r: Received): void {
+  const env = r.msg.params?.envelope;
+  if (env === undefined) return;
+  if (env.requires_ack === true) r.socket.send(ackFrame(env, 'received'));
+  if (r.msg.id !== undefined) r.socket.send(responseFrame(r, { ok: true }));
+}
+
+const code = (r: { ok: boolean; error?: Error }): number | undefined =>
+  r.ok ? undefined : (r.error as { code?: number } | undefined)?.code;
+
+function cancelEnvelope(taskId = 'task-1') {
+  return createEnvelope({
+    sender: CLIENT_URN,
+    recipient: AGENT_URN,
+    payload_type: 'TaskCancel',
+    payload: { task_id: taskId, reason: 'test' },
+  });
+}
+
+describe('requires_ack over WebSocket', () => {
+  it('is set automatically on TaskRequest and TaskCancel, not on other types, and not with ack: false', async () => {
+    const server = await PlainServer.start(ackAndAnswer);
+    const transport = makeTransport(server.url);
+    await within(transport.request(task('echo')), 5000, 'request');
+    await within(transport.send(cancelEnvelope()), 5000, 'cancel');
+    await within(
+      transport.send(
+        createEnvelope({
+          sender: CLIENT_URN,
+          recipient: AGENT_URN,
+          payload_type: 'TaskUpdate',
+          payload: { task_id: 't', update_type: 'progress', status: 'working' },
+        }),
+      ),
+      5000,
+      'update',
+    );
+    await waitFor(() => server.envelopes.length === 3, 'three envelopes');
+    expect(
+      server.envelopes.map((r) => [
+        r.msg.params!.envelope!.payload_type,
+        r.msg.params!.envelope!.requires_ack,
+      ]),
+    ).toEqual([
+      ['TaskRequest', true],
+      ['TaskCancel', true],
+      ['TaskUpdate', undefined],
+    ]);
+
+    const plain = makeTransport(server.url, { ack: false });
+    await within(plain.request(task('echo')), 5000, 'request without acks');
+    await waitFor(() => server.envelopes.length === 4, 'the fourth envelope');
+    expect(server.envelopes[3]!.msg.params!.envelope!.requires_ack).toBeUndefined();
+  });
+});
+
+describe('retransmission', () => {
+  it('a late answer: the envelope is retransmitted with the same id until the response arrives', async () => {
+    // Never acks; answers the first copy 250 ms late (the ack timeout is 100 ms).
+    const server = await PlainServer.start((r) => {
+      if (r.msg.id !== undefined && server.envelopes.length === 1) {
+        setTimeout(() => r.socket.send(responseFrame(r, { late: true })), 250);
+      }
+    });
+    const transport = makeTransport(server.url);
+    const env = task('echo');
+    const res = await within(transport.request(env), 5000, 'late request');
+    expect(resultOf(res)).toEqual({ late: true });
+    const copies = server.envelopes;
+    expect(copies.length).toBeGreaterThanOrEqual(2);
+    expect(new Set(copies.map((c) => c.msg.params!.envelope!.id))).toEqual(new Set([env.id]));
+    expect(new Set(copies.map((c) => c.msg.id)).size).toBe(1);
+    expect(transport.unacknowledged).toBe(0);
+    expect(transport.circuitState).toBe('closed');
+    // Once answered, nothing more is retransmitted.
+    const n = copies.length;
+    await sleep(300);
+    expect(server.envelopes.length).toBe(n);
+  });
+
+  it('no ack at all: maxRetries retransmissions with growing gaps, then -32033; the breaker opens, fails fast, half-opens and closes', async () => {
+    let behave = false;
+    const server = await PlainServer.start((r) => {
+      if (behave) ackAndAnswer(r);
+    });
+    const transport = makeTransport(server.url, {
+      circuitBreaker: { failureThreshold: 2, resetTimeoutMs: 100 },
+    });
+    const circuit: [CircuitState, CircuitState][] = [];
+    transport.on('circuit', (s, prev) => circuit.push([s, prev]));
+    await within(transport.connect(), 5000, 'connect');
+
+    const a = task('echo', { n: 'a' });
+    const b = task('echo', { n: 'b' });
+    const ra = outcome(transport.request(a));
+    await sleep(20);
+    const rb = outcome(transport.request(b));
+    const [oa, ob] = await within(Promise.all([ra, rb]), 8000, 'the unacked requests');
+    expect(code(oa)).toBe(ErrorCode.Timeout);
+    expect(code(ob)).toBe(ErrorCode.Timeout);
+
+    for (const env of [a, b]) {
+      const copies = server.envelopes.filter((r) => r.msg.params!.envelope!.id === env.id);
+      // The first send and maxRetries (3) retransmissions of the same envelope, same JSON-RPC id.
+      expect(copies).toHaveLength(4);
+      expect(new Set(copies.map((c) => c.msg.id)).size).toBe(1);
+      const gaps = copies.slice(1).map((c, i) => c.at - copies[i]!.at);
+      expect(gaps[1]!).toBeGreaterThan(gaps[0]!);
+      expect(gaps[2]!).toBeGreaterThan(gaps[1]!);
+    }
+    // Two failures reached the threshold: open.
+    expect(circuit).toEqual([['open', 'closed']]);
+    expect(transport.circuitState).toBe('open');
+    expect(transport.unacknowledged).toBe(0);
+    expect(transport.inFlight).toBe(0);
+
+    // Open: fails fast with -32011, nothing goes out.
+    const sent = server.envelopes.length;
+    const fast = await within(outcome(transport.request(task('echo'))), 1000, 'fail fast');
+    expect(code(fast)).toBe(ErrorCode.CircuitOpen);
+    const fastSend = await within(outcome(transport.send(cancelEnvelope())), 1000, 'fail fast send');
+    expect(code(fastSend)).toBe(ErrorCode.CircuitOpen);
+    expect(server.envelopes.length).toBe(sent);
+
+    // After the reset timeout one trial goes through; the peer behaves now, and the success closes it.
+    await sleep(150);
+    behave = true;
+    const trial = await within(transport.request(task('echo', { n: 'trial' })), 5000, 'trial');
+    expect(resultOf(trial)).toEqual({ ok: true });
+    expect(circuit).toEqual([
+      ['open', 'closed'],
+      ['half-open', 'open'],
+      ['closed', 'half-open'],
+    ]);
+    expect(transport.circuitState).toBe('closed');
+    const after = await within(transport.request(task('echo')), 5000, 'after');
+    expect(resultOf(after)).toEqual({ ok: true });
+  });
+});
+
+describe('acked notifications', () => {
+  it('send() of a TaskCancel resolves only once the ack arrives', async () => {
+    let ackSent = false;
+    const server = await PlainServer.start((r) => {
+      setTimeout(() => {
+        ackSent = true;
+        r.socket.send(ackFrame(r.msg.params!.envelope!, 'received'));
+      }, 60);
+    });
+    const transport = makeTransport(server.url);
+    await within(transport.connect(), 5000, 'connect');
+    let resolvedBeforeAck: boolean | undefined;
+    await within(
+      transport.send(cancelEnvelope()).then(() => {
+        resolvedBeforeAck = !ackSent;
+      }),
+      5000,
+      'acked send',
+    );
+    expect(resolvedBeforeAck).toBe(false);
+    expect(transport.unacknowledged).toBe(0);
+  });
+
+  it('a rejected ack rejects the send with the peer error', async () => {
+    const server = await PlainServer.start((r) => {
+      r.socket.send(ackFrame(r.msg.params!.envelope!, 'rejected', 'No such task'));
+    });
+    const transport = makeTransport(server.url);
+    await within(transport.connect(), 5000, 'connect');
+    const env = cancelEnvelope('missing');
+    const r = await within(outcome(transport.send(env)), 5000, 'rejected send');
+    expect(r.ok).toBe(false);
+    expect(!r.ok && r.error.message).toBe('No such task');
+    expect(code(r)).toBe(ErrorCode.InvalidRequest);
+    expect(transport.unacknowledged).toBe(0);
+    // Only one copy: a rejection is an answer, not a reason to retransmit.
+    await sleep(250);
+    expect(server.envelopes).toHaveLength(1);
+  });
+
+  it('close() fails a send still waiting for its ack', async () => {
+    const server = await PlainServer.start();
+    const transport = makeTransport(server.url);
+    await within(transport.connect(), 5000, 'connect');
+    const pending = outcome(transport.send(cancelEnvelope()));
+    await waitFor(() => server.envelopes.length === 1, 'the cancel to arrive');
+    await within(transport.close(), 5000, 'close');
+    const r = await within(pending, 5000, 'pending send');
+    expect(!r.ok && r.error).toBeInstanceOf(ConnectionError);
+    expect(transport.unacknowledged).toBe(0);
+  });
+
+  it('an unacked TaskCancel is retransmitted, then the send fails with -32033', async () => {
+    const server = await PlainServer.start();
+    const transport = makeTransport(server.url, { ack: { timeoutMs: 30, maxRetries: 2 } });
+    await within(transport.connect(), 5000, 'connect');
+    const env = cancelEnvelope();
+    const r = await within(outcome(transport.send(env)), 5000, 'unacked send');
+    expect(code(r)).toBe(ErrorCode.Timeout);
+    expect(server.envelopes.map((c) => c.msg.params!.envelope!.id)).toEqual([env.id, env.id, env.id]);
+    expect(server.envelopes.every((c) => c.msg.id === undefined)).toBe(true);
+    expect(transport.unacknowledged).toBe(0);
+  });
+});
+
+describe('duplicate answers', () => {
+  it('the answers to retransmitted copies are dropped, not delivered as server push', async () => {
+    // Heartbeats of 200 ms on both sides: 150 ms of latency must not look like a dead peer here.
+    const writes = new Map<string, number>();
+    const { proxy, transport } = await setup(
+      { heartbeatIntervalMs: 200, webSocketFactory: countingFactory(writes) },
+      { heartbeatIntervalMs: 200 },
+    );
+    const pushes: unknown[] = [];
+    transport.onMessage((env) => pushes.push(env));
+    let closes = 0;
+    transport.on('close', () => closes++);
+    // 150 ms each way: the ack comes after the 100 ms ack timeout, so a copy goes out and the server,
+    // deduplicating, answers both copies (same JSON-RPC id).
+    proxy.setLatency(150);
+    const env = task('echo', { dup: true });
+    const res = await within(transport.request(env), 5000, 'slow request');
+    expect(res.correlation_id).toBe(env.id);
+    await sleep(500);
+    expect(writes.get(env.id)).toBeGreaterThanOrEqual(2);
+    expect(closes).toBe(0);
+    expect(pushes).toEqual([]);
+    expect(transport.inFlight).toBe(0);
+    expect(transport.unacknowledged).toBe(0);
+  });
+});
