@@ -34,6 +34,7 @@ export function poolKey(url: string): string {
  */
 export class ConnectionPool extends Emitter<PoolEvents> {
   private readonly targets = new Map<string, Member[]>();
+  private readonly keys = new Map<string, string>();
   private readonly max: number;
   private readonly idleMs: number;
   private idleTimer: ReturnType<typeof setInterval> | undefined;
@@ -56,7 +57,12 @@ export class ConnectionPool extends Emitter<PoolEvents> {
   /** A transport for `url`: the least busy live one, or a new one while under the limit. */
   acquire(url: string): WebSocketTransport {
     if (this.closed) throw new Error('Pool is closed');
-    const key = poolKey(url);
+    let key = this.keys.get(url);
+    if (key === undefined) {
+      // Parsing a URL costs more than the rest of acquire(): remember each spelling's key.
+      key = poolKey(url);
+      if (this.keys.size < 256) this.keys.set(url, key);
+    }
     let members = this.targets.get(key);
     if (members === undefined) {
       members = [];

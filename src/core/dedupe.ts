@@ -1,10 +1,11 @@
-import type { Envelope } from '../protocol/envelope.js';
 import type { JsonRpcErrorObject } from '../protocol/errors.js';
 import { type Clock, systemClock } from './clock.js';
+import { ExpiringMap } from './expiring-map.js';
 
 /** What processing an envelope produced, kept so a retransmission gets the same answer. */
 export type Outcome =
-  | { kind: 'result'; envelope: Envelope<object> | null }
+  /** The reply envelope, as JSON text: encoded once, sent again as is, cheap to keep. */
+  | { kind: 'result'; envelope: string }
   | { kind: 'error'; error: JsonRpcErrorObject }
   /** The envelope was a notification or produced nothing to send back. */
   | { kind: 'none' };
@@ -32,61 +33,35 @@ export interface MemoryDedupeOptions {
   clock?: Clock;
 }
 
-interface Slot {
-  record: DedupeRecord;
-  expires: number;
-}
-
 /**
- * LRU + TTL over a Map (insertion order = age, since every entry gets the same
- * TTL). Expired entries are dropped lazily on access and from the old end on insert.
+ * In memory, LRU by age plus TTL (every entry gets the same TTL, so the
+ * oldest is also the first to expire).
  */
 export class MemoryDedupeStore implements DedupeStore {
-  private readonly map = new Map<string, Slot>();
-  private readonly ttl: number;
-  private readonly max: number;
-  private readonly clock: Clock;
+  private readonly entries: ExpiringMap<DedupeRecord>;
 
   constructor(opts: MemoryDedupeOptions = {}) {
-    this.ttl = opts.ttlMs ?? 600_000;
-    this.max = opts.maxEntries ?? 10_000;
-    this.clock = opts.clock ?? systemClock;
+    this.entries = new ExpiringMap(
+      opts.ttlMs ?? 600_000,
+      opts.maxEntries ?? 10_000,
+      opts.clock ?? systemClock,
+    );
   }
 
   get size(): number {
-    return this.map.size;
+    return this.entries.size;
   }
 
   get(id: string): DedupeRecord | undefined {
-    const slot = this.map.get(id);
-    if (slot === undefined) return undefined;
-    if (slot.expires <= this.clock.now()) {
-      this.map.delete(id);
-      return undefined;
-    }
-    return slot.record;
+    return this.entries.get(id);
   }
 
+  /** Settling a pending record keeps its place and age. */
   set(id: string, record: DedupeRecord): void {
-    const now = this.clock.now();
-    const existing = this.map.get(id);
-    if (existing !== undefined) {
-      // Settling a pending record keeps its place and age.
-      existing.record = record;
-      return;
-    }
-    this.map.set(id, { record, expires: now + this.ttl });
-    this.evict(now);
+    this.entries.set(id, record);
   }
 
   delete(id: string): void {
-    this.map.delete(id);
-  }
-
-  private evict(now: number): void {
-    for (const [key, slot] of this.map) {
-      if (this.map.size <= this.max && slot.expires > now) break;
-      this.map.delete(key);
-    }
+    this.entries.delete(id);
   }
 }

@@ -1,5 +1,6 @@
 import {
   ASAP_VERSION,
+  checkEnvelope,
   createEnvelope,
   createReply,
   type Envelope,
@@ -11,6 +12,8 @@ import {
   type BatchItem,
   type ErrorFrame,
   encodeBatch,
+  encodeEnvelopeJsonResult,
+  encodeEnvelopeResult,
   encodeError,
   encodeNotification,
   encodeSuccess,
@@ -83,19 +86,39 @@ export interface DispatcherOptions {
 /** What handling a frame produces: the encoded answer (or nothing), at once or later. */
 export type Answer = string | undefined | Promise<string | undefined>;
 
-/** The state of one running handler: its deadline, its abort signal (made on first use), its settlement. */
-class TaskScope {
+/**
+ * One handler call: the context the handler sees, and the dispatcher's record
+ * of it (deadline, abort signal made on first use, settlement). One object per
+ * request on purpose: the hot path allocates as little as it can.
+ */
+class TaskScope<P extends object = JsonObject> implements HandlerContext<P> {
   done = false;
+  resolve: ((outcome: Outcome) => void) | undefined;
+  /** performance.now() past which the sweep ends it; set when the handler turns out to be asynchronous. */
+  deadline = Number.POSITIVE_INFINITY;
   private controller: AbortController | undefined;
   private abortReason: unknown;
 
-  resolve: ((outcome: Outcome) => void) | undefined;
-
   constructor(
+    readonly envelope: Envelope<P>,
     readonly taskId: string,
-    readonly deadline: number,
     readonly isTask: boolean,
+    private readonly session: Session,
+    readonly logger: Logger,
+    private readonly getManifest: () => Manifest | undefined,
   ) {}
+
+  get transport(): TransportKind {
+    return this.session.transport;
+  }
+
+  get principal(): unknown {
+    return this.session.principal;
+  }
+
+  get manifest(): Manifest | undefined {
+    return this.getManifest();
+  }
 
   get signal(): AbortSignal {
     if (this.controller === undefined) {
@@ -114,31 +137,7 @@ class TaskScope {
     this.abortReason = reason;
     this.controller?.abort(reason);
   }
-}
 
-class Context<P extends object> implements HandlerContext<P> {
-  constructor(
-    readonly envelope: Envelope<P>,
-    private readonly scope: TaskScope,
-    private readonly session: Session,
-    readonly logger: Logger,
-    private readonly getManifest: () => Manifest | undefined,
-  ) {}
-  get taskId(): string {
-    return this.scope.taskId;
-  }
-  get transport(): TransportKind {
-    return this.session.transport;
-  }
-  get principal(): unknown {
-    return this.session.principal;
-  }
-  get manifest(): Manifest | undefined {
-    return this.getManifest();
-  }
-  get signal(): AbortSignal {
-    return this.scope.signal;
-  }
   push(envelope: Envelope<object> | PushInit<object>): Promise<void> {
     const env =
       'id' in envelope && 'timestamp' in envelope
@@ -151,9 +150,15 @@ class Context<P extends object> implements HandlerContext<P> {
           });
     return this.session.push(env);
   }
+
   reply<Q extends object>(payloadType: string, payload: Q): Envelope<Q> {
     return createReply(this.envelope, payloadType, payload);
   }
+}
+
+/** The reply envelope as the JSON text an outcome keeps (a flat string is cheap to hold for the dedupe window). */
+function stringifyReply(request: Envelope, payloadType: string, payload: object): string {
+  return JSON.stringify(createReply(request, payloadType, payload));
 }
 
 /** Spells a reply type in the style the request used (`task.request` → `task.response`). */
@@ -282,14 +287,13 @@ export class Dispatcher {
         ASAPError.invalidParams([{ loc: ['params', 'envelope'], msg: 'Field required', type: 'missing' }]),
       );
     }
-    const v = validateEnvelope(raw);
-    if (!v.ok) {
-      const err = ASAPError.invalidParams(v.issues, 'Invalid envelope');
+    const env = checkEnvelope(raw);
+    if (Array.isArray(env)) {
+      const err = ASAPError.invalidParams(env, 'Invalid envelope');
       this.rejectRaw(raw, session, err);
-      this.logger.warn({ jsonrpc_id: id, issues: v.issues }, 'invalid envelope');
+      this.logger.warn({ jsonrpc_id: id, issues: env }, 'invalid envelope');
       return this.answer(id, err);
     }
-    const env = v.envelope;
     session.onEnvelope?.(env);
     if (this.dedupe === undefined) return this.admit(env, id, session, collect);
     const rec = this.dedupe.get(env.id);
@@ -409,23 +413,22 @@ export class Dispatcher {
   ): Outcome | Promise<Outcome> {
     const isTask = key === 'taskrequest';
     const taskId = isTask || typeof env.payload.task_id !== 'string' ? env.id : env.payload.task_id;
-    const config = isTask ? (env.payload as TaskRequest).config : undefined;
-    const timeoutMs = config?.timeout_seconds != null ? config.timeout_seconds * 1000 : this.defaultTimeoutMs;
-    const scope = new TaskScope(taskId, performance.now() + timeoutMs, isTask);
-    this.running.add(scope);
-    if (isTask) this.tasks.set(taskId, scope);
+    const scope = new TaskScope(env, taskId, isTask, session, this.logger, this.manifest);
     let result: HandlerResult | Promise<HandlerResult>;
     try {
-      result = handler(env, new Context(env, scope, session, this.logger, this.manifest));
-      if (!isPromiseLike(result) && !isAsyncIterable(result)) {
-        const outcome = this.toOutcome(env, key, result);
-        this.release(scope);
-        return outcome;
-      }
+      result = handler(env, scope);
+      // Nothing can cancel or time out a handler while it runs synchronously: only one that
+      // returns a promise or a stream is registered for TaskCancel, the deadline and shutdown.
+      if (!isPromiseLike(result) && !isAsyncIterable(result)) return this.toOutcome(env, key, result);
     } catch (err) {
-      this.release(scope);
       return this.failure(env, key, scope, err);
     }
+    const config = isTask ? (env.payload as TaskRequest).config : undefined;
+    scope.deadline =
+      performance.now() +
+      (config?.timeout_seconds != null ? config.timeout_seconds * 1000 : this.defaultTimeoutMs);
+    this.running.add(scope);
+    if (isTask) this.tasks.set(taskId, scope);
     this.ensureSweep();
     const pending = result;
     return new Promise<Outcome>((resolve) => {
@@ -466,7 +469,7 @@ export class Dispatcher {
       // A task stopped by TaskCancel answers like the reference: a TaskResponse with status cancelled.
       return {
         kind: 'result',
-        envelope: createReply(env, replyTypeFor(env.payload_type, 'TaskResponse'), {
+        envelope: stringifyReply(env, replyTypeFor(env.payload_type, 'TaskResponse'), {
           task_id: env.id,
           status: 'cancelled',
         }),
@@ -488,7 +491,7 @@ export class Dispatcher {
     if (r === undefined || r === null) {
       return {
         kind: 'result',
-        envelope: createReply(env, replyTypeFor(env.payload_type, 'MessageAck'), {
+        envelope: stringifyReply(env, replyTypeFor(env.payload_type, 'MessageAck'), {
           original_envelope_id: env.id,
           status: 'processed',
         }),
@@ -498,13 +501,13 @@ export class Dispatcher {
     if (isEnvelopeLike(obj)) {
       const reply = obj as Envelope<object>;
       if (reply.correlation_id == null) reply.correlation_id = env.id;
-      return { kind: 'result', envelope: reply };
+      return { kind: 'result', envelope: JSON.stringify(reply) };
     }
     const replyType = REPLY_TYPES[key];
     if (replyType === undefined) {
       throw ASAPError.internal(`A ${env.payload_type} handler must return an envelope (use ctx.reply)`);
     }
-    return { kind: 'result', envelope: createReply(env, replyTypeFor(env.payload_type, replyType), obj) };
+    return { kind: 'result', envelope: stringifyReply(env, replyTypeFor(env.payload_type, replyType), obj) };
   }
 
   /** Writes each chunk as it comes; the final chunk is the outcome, so a duplicate request gets it too. */
@@ -521,15 +524,15 @@ export class Dispatcher {
       if (scope.done) break;
       const reply = isEnvelopeLike(chunk) ? chunk : createReply(env, 'TaskStream', chunk);
       if (reply.correlation_id == null) reply.correlation_id = env.id;
-      if (reply.payload.final === true) return { kind: 'result', envelope: reply };
+      if (reply.payload.final === true) return { kind: 'result', envelope: JSON.stringify(reply) };
       if (live) {
-        const w = session.write(encodeSuccess(id, { envelope: reply }));
+        const w = session.write(encodeEnvelopeResult(id, reply));
         if (w !== undefined) await w;
       }
     }
     return {
       kind: 'result',
-      envelope: createReply(env, 'TaskStream', {
+      envelope: stringifyReply(env, 'TaskStream', {
         chunk: '',
         final: true,
         status: 'completed',
@@ -541,7 +544,7 @@ export class Dispatcher {
     if (id === undefined) return undefined;
     switch (outcome.kind) {
       case 'result':
-        return encodeSuccess(id, { envelope: outcome.envelope });
+        return encodeEnvelopeJsonResult(id, outcome.envelope);
       case 'error':
         return encodeError(id, outcome.error);
       case 'none':

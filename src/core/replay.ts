@@ -1,5 +1,6 @@
 import { ASAPError, ErrorCode } from '../protocol/errors.js';
 import { type Clock, systemClock } from './clock.js';
+import { ExpiringMap } from './expiring-map.js';
 
 export interface ReplayOptions {
   /** Oldest accepted timestamp (default 5 min). */
@@ -15,19 +16,16 @@ export interface ReplayOptions {
 
 /** Replay protection of asap-wire.md §8: timestamp window and nonce memory. */
 export class ReplayGuard {
-  private readonly nonces = new Map<string, number>();
+  private readonly nonces: ExpiringMap<true>;
   private readonly maxAge: number;
   private readonly maxFuture: number;
-  private readonly nonceTtl: number;
-  private readonly maxNonces: number;
   private readonly clock: Clock;
 
   constructor(opts: ReplayOptions = {}) {
     this.maxAge = opts.maxAgeMs ?? 300_000;
     this.maxFuture = opts.maxFutureMs ?? 30_000;
-    this.nonceTtl = opts.nonceTtlMs ?? 600_000;
-    this.maxNonces = opts.maxNonces ?? 100_000;
     this.clock = opts.clock ?? systemClock;
+    this.nonces = new ExpiringMap(opts.nonceTtlMs ?? 600_000, opts.maxNonces ?? 100_000, this.clock);
   }
 
   /** Returns the error to send back, or undefined when the envelope may pass. */
@@ -45,16 +43,10 @@ export class ReplayGuard {
     if (typeof nonce !== 'string' || nonce === '') {
       return new ASAPError(ErrorCode.InvalidNonce, 'extensions.nonce must be a non-empty string');
     }
-    const seen = this.nonces.get(nonce);
-    if (seen !== undefined && seen > now) {
+    if (this.nonces.get(nonce) !== undefined) {
       return new ASAPError(ErrorCode.InvalidNonce, 'Nonce already used', { nonce });
     }
-    if (seen !== undefined) this.nonces.delete(nonce);
-    this.nonces.set(nonce, now + this.nonceTtl);
-    for (const [key, expires] of this.nonces) {
-      if (this.nonces.size <= this.maxNonces && expires > now) break;
-      this.nonces.delete(key);
-    }
+    this.nonces.set(nonce, true);
     return undefined;
   }
 }

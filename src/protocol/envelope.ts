@@ -101,18 +101,23 @@ export function createReply<P extends object>(
   request: Pick<Envelope<object>, 'id' | 'sender' | 'recipient' | 'asap_version' | 'trace_id'>,
   payloadType: string,
   payload: P,
-  extra: Pick<EnvelopeInit<P>, 'extensions' | 'requires_ack'> = {},
+  extra?: Pick<EnvelopeInit<P>, 'extensions' | 'requires_ack'>,
 ): Envelope<P> {
-  return createEnvelope({
+  // Built in one literal (every reply on the hot path goes through here); same field order as createEnvelope.
+  const env: Envelope<P> = {
+    id: newId(),
+    asap_version: request.asap_version,
+    timestamp: nowTimestamp(),
     sender: request.recipient,
     recipient: request.sender,
-    asap_version: request.asap_version,
     payload_type: payloadType,
     payload,
     correlation_id: request.id,
-    trace_id: request.trace_id,
-    ...extra,
-  });
+  };
+  if (request.trace_id != null) env.trace_id = request.trace_id;
+  if (extra?.requires_ack) env.requires_ack = true;
+  if (extra?.extensions != null) env.extensions = extra.extensions;
+  return env;
 }
 
 export type EnvelopeResult<P extends object = JsonObject> =
@@ -125,13 +130,19 @@ export type EnvelopeResult<P extends object = JsonObject> =
  * response types. Fills a missing `id` and `timestamp` as the reference does.
  */
 export function validateEnvelope(input: unknown): EnvelopeResult {
+  const r = checkEnvelope(input);
+  return Array.isArray(r) ? { ok: false, issues: r } : { ok: true, envelope: r };
+}
+
+/** {@link validateEnvelope} without the result wrapper: the envelope, or the list of issues. */
+export function checkEnvelope(input: unknown): Envelope | ValidationIssue[] {
   // The common well-formed envelope passes the hand-written checks; anything else gets the schema's verdict.
   let data: Envelope | Omit<Envelope, 'id' | 'timestamp'>;
   if (quickEnvelope(input)) {
     data = input as unknown as Envelope;
   } else {
     const parsed = EnvelopeSchema.safeParse(input);
-    if (!parsed.success) return { ok: false, issues: toValidationIssues(parsed.error, input) };
+    if (!parsed.success) return toValidationIssues(parsed.error, input);
     data = parsed.data as Envelope;
   }
   const key = normalizePayloadType(data.payload_type);
@@ -139,28 +150,22 @@ export function validateEnvelope(input: unknown): EnvelopeResult {
   let payload: JsonObject = data.payload;
   if (known !== undefined && QUICK_PAYLOADS[known]?.(payload) !== true) {
     const p = PAYLOAD_SCHEMAS[known].safeParse(payload);
-    if (!p.success) return { ok: false, issues: toValidationIssues(p.error, payload, ['payload']) };
+    if (!p.success) return toValidationIssues(p.error, payload, ['payload']);
     payload = p.data as JsonObject;
   }
   if (CORRELATED_TYPES.has(key) && !data.correlation_id) {
-    return {
-      ok: false,
-      issues: [
-        {
-          loc: ['correlation_id'],
-          msg: `correlation_id is required for ${data.payload_type}`,
-          type: 'missing',
-        },
-      ],
-    };
+    return [
+      {
+        loc: ['correlation_id'],
+        msg: `correlation_id is required for ${data.payload_type}`,
+        type: 'missing',
+      },
+    ];
   }
   const env = data as Envelope;
-  if (payload === env.payload && env.id != null && env.timestamp != null) return { ok: true, envelope: env };
+  if (payload === env.payload && env.id != null && env.timestamp != null) return env;
   // Never write into the caller's object: fill a copy.
-  return {
-    ok: true,
-    envelope: { ...env, payload, id: env.id ?? newId(), timestamp: env.timestamp ?? nowTimestamp() },
-  };
+  return { ...env, payload, id: env.id ?? newId(), timestamp: env.timestamp ?? nowTimestamp() };
 }
 
 /** Narrows an envelope to a known payload type by its normalised name. */

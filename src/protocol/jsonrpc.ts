@@ -143,6 +143,16 @@ export function encodeSuccess(id: JsonRpcId | null, result: unknown): string {
   return `{"jsonrpc":"2.0","result":${JSON.stringify(result)},"id":${idText(id)}}`;
 }
 
+/** `{"jsonrpc":"2.0","result":{"envelope":E},"id":ID}`, the answer to `asap.send`, without a wrapper object. */
+export function encodeEnvelopeResult(id: JsonRpcId | null, envelope: unknown): string {
+  return encodeEnvelopeJsonResult(id, JSON.stringify(envelope));
+}
+
+/** Like {@link encodeEnvelopeResult}, for an envelope already encoded as JSON text. */
+export function encodeEnvelopeJsonResult(id: JsonRpcId | null, envelopeJson: string): string {
+  return `{"jsonrpc":"2.0","result":{"envelope":${envelopeJson}},"id":${idText(id)}}`;
+}
+
 export function encodeError(id: JsonRpcId | null, error: ASAPError | JsonRpcErrorObject): string {
   const obj = error instanceof ASAPError ? error.toJSON() : error;
   return `{"jsonrpc":"2.0","error":${JSON.stringify(obj)},"id":${idText(id)}}`;

@@ -55,12 +55,30 @@ interface PendingReverse {
 
 let nextConnectionId = 1;
 
+const OWNER = Symbol('asap.connection');
+type Owned = WebSocket & { [OWNER]: Connection };
+
+const owner = (socket: WebSocket): Connection => (socket as Owned)[OWNER];
+function onMessage(this: WebSocket, data: Buffer | ArrayBuffer | Buffer[]): void {
+  owner(this).receive(data);
+}
+function onPong(this: WebSocket): void {
+  owner(this).lastSeen = Date.now();
+}
+function onError(this: WebSocket, err: Error): void {
+  owner(this).socketError(err);
+}
+function onClose(this: WebSocket, code: number, reason: Buffer): void {
+  owner(this).onClose(code, reason.toString());
+}
+
 /** One WebSocket peer: framing, limits, backpressure, push and reverse requests. It is the dispatcher's Session. */
 export class Connection implements Session {
   readonly transport = 'websocket' as const;
   readonly interactive = true;
   readonly id = nextConnectionId++;
-  readonly connectedAt = new Date();
+  /** Connection time in ms since the epoch (a number, not a Date: thousands of idle connections add up). */
+  private readonly openedAt = Date.now();
   agentUrn: string | undefined;
   /** Last time anything arrived (ms since epoch); the server's sweep reads it. */
   lastSeen = Date.now();
@@ -69,11 +87,12 @@ export class Connection implements Session {
   inFlight = 0;
   private paused = false;
   /** Frames ws delivered after the in-flight cap was reached (it emits what it had buffered before the pause). */
-  private readonly backlog: Frame[] = [];
+  private backlog: Frame[] | undefined;
   /** Set once the rate limit was exceeded: nothing more is read, and the close waits for in-flight answers. */
   private limited = false;
   private readonly bucket: TokenBucket | undefined;
-  private readonly reverse = new Map<string, PendingReverse>();
+  /** Reverse requests awaiting the client's answer; made on first use. */
+  private reverse: Map<string, PendingReverse> | undefined;
   private nextReverseId = 1;
 
   constructor(
@@ -83,12 +102,12 @@ export class Connection implements Session {
     private readonly host: ConnectionHost,
   ) {
     this.bucket = host.rateLimit > 0 ? new TokenBucket(host.rateLimit, host.rateLimit) : undefined;
-    socket.on('message', (data: Buffer | ArrayBuffer | Buffer[]) => this.receive(data));
-    socket.on('pong', () => {
-      this.lastSeen = Date.now();
-    });
-    socket.on('error', (err) => host.logger.debug({ conn: this.id, err: err.message }, 'websocket error'));
-    socket.once('close', (code, reason) => this.onClose(code, reason.toString()));
+    // Shared listeners (no closures per connection): idle connections are many, and each byte counts.
+    (socket as Owned)[OWNER] = this;
+    socket.on('message', onMessage);
+    socket.on('pong', onPong);
+    socket.on('error', onError);
+    socket.once('close', onClose);
   }
 
   get info(): ConnectionInfo {
@@ -96,7 +115,7 @@ export class Connection implements Session {
       id: this.id,
       remoteAddress: this.remoteAddress,
       agentUrn: this.agentUrn,
-      connectedAt: this.connectedAt,
+      connectedAt: new Date(this.openedAt),
       inFlight: this.inFlight,
     };
   }
@@ -105,7 +124,8 @@ export class Connection implements Session {
     return this.socket.readyState === 1;
   }
 
-  private receive(data: Buffer | ArrayBuffer | Buffer[]): void {
+  /** @internal */
+  receive(data: Buffer | ArrayBuffer | Buffer[]): void {
     if (this.limited) return;
     this.lastSeen = Date.now();
     const text = Array.isArray(data)
@@ -129,6 +149,7 @@ export class Connection implements Session {
     }
     if (this.inFlight >= this.host.maxInFlight) {
       // Over the cap: wait in order for a free slot (nothing is dropped or refused).
+      this.backlog ??= [];
       this.backlog.push(frame);
       return;
     }
@@ -183,8 +204,9 @@ export class Connection implements Session {
   private settle(done: () => void): void {
     this.inFlight--;
     done();
-    while (this.backlog.length > 0 && this.inFlight < this.host.maxInFlight)
-      this.dispatch(this.backlog.shift()!);
+    const backlog = this.backlog;
+    while (backlog !== undefined && backlog.length > 0 && this.inFlight < this.host.maxInFlight)
+      this.dispatch(backlog.shift()!);
     if (this.limited) {
       if (this.inFlight === 0) this.close(1008, 'Rate limit exceeded');
     } else if (this.paused && this.inFlight < this.host.maxInFlight) {
@@ -259,9 +281,10 @@ export class Connection implements Session {
     return new Promise((resolve, reject) => {
       const timeoutMs = opts.timeoutMs ?? 60_000;
       const timer = setTimeout(() => {
-        this.reverse.delete(id);
+        this.reverse?.delete(id);
         reject(new RequestTimeoutError(`No response to ${id} within ${timeoutMs} ms`));
       }, timeoutMs);
+      this.reverse ??= new Map();
       this.reverse.set(id, { envelopeId: envelope.id, resolve, reject, timer });
       void this.write(encodeRequest(METHOD_SEND, { envelope }, id));
     });
@@ -269,12 +292,12 @@ export class Connection implements Session {
 
   onResponse(frame: SuccessFrame | ErrorFrame): void {
     const key = frame.id === null ? undefined : String(frame.id);
-    const pending = key === undefined ? undefined : this.reverse.get(key);
+    const pending = key === undefined ? undefined : this.reverse?.get(key);
     if (pending === undefined) {
       this.host.logger.debug({ conn: this.id, id: frame.id }, 'response to no pending request dropped');
       return;
     }
-    this.reverse.delete(key!);
+    this.reverse?.delete(key!);
     clearTimeout(pending.timer);
     if (frame.kind === 'error') {
       pending.reject(ASAPError.fromJSON(frame.error));
@@ -306,11 +329,17 @@ export class Connection implements Session {
     this.socket.terminate();
   }
 
-  private onClose(code: number, reason: string): void {
-    for (const [key, pending] of this.reverse) {
+  /** @internal */
+  socketError(err: Error): void {
+    this.host.logger.debug({ conn: this.id, err: err.message }, 'websocket error');
+  }
+
+  /** @internal */
+  onClose(code: number, reason: string): void {
+    for (const [key, pending] of this.reverse ?? []) {
       clearTimeout(pending.timer);
       pending.reject(new ConnectionError(`Connection closed (${code}${reason ? ` ${reason}` : ''})`));
-      this.reverse.delete(key);
+      this.reverse?.delete(key);
     }
     this.host.closed(this);
   }

@@ -14,6 +14,8 @@ export interface HttpBindingHost {
   readonly rpcPath: string;
   readonly manifestPath: string;
   readonly healthPath: string;
+  /** False when no token check is configured (the binding then skips it). */
+  readonly authRequired: boolean;
   authenticate(
     token: string | undefined,
   ): Promise<{ ok: true; principal: unknown } | { ok: false; reason: string }>;
@@ -27,6 +29,9 @@ const JSON_TYPE = 'application/json';
 
 const noWrite = (): void => {};
 const noPush = (): Promise<void> => Promise.resolve();
+/** HTTP has no channel back to the caller: writes and pushes go nowhere. */
+const ANONYMOUS: Session = { transport: 'http', interactive: false, write: noWrite, push: noPush };
+const OPEN = { ok: true, principal: undefined } as const;
 
 function sendJson(
   res: ServerResponse,
@@ -88,7 +93,7 @@ export class HttpBinding {
         });
         return;
       }
-      const auth = await h.authenticate(bearerFromHeader(req.headers.authorization));
+      const auth = h.authRequired ? await h.authenticate(bearerFromHeader(req.headers.authorization)) : OPEN;
       if (!auth.ok) {
         req.resume();
         sendJson(res, 401, encodeError(null, ASAPError.unauthorized(auth.reason)), {
@@ -112,13 +117,17 @@ export class HttpBinding {
         );
         return;
       }
-      const answer = await h.dispatcher.handle(frame, {
-        transport: 'http',
-        interactive: false,
-        principal: auth.principal,
-        write: noWrite,
-        push: noPush,
-      } satisfies Session);
+      const session: Session =
+        auth.principal === undefined
+          ? ANONYMOUS
+          : {
+              transport: 'http',
+              interactive: false,
+              principal: auth.principal,
+              write: noWrite,
+              push: noPush,
+            };
+      const answer = await h.dispatcher.handle(frame, session);
       if (answer === undefined) {
         res.writeHead(204);
         res.end();

@@ -313,6 +313,10 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
     this.unhealthy = !healthy;
   }
 
+  get authRequired(): boolean {
+    return this.verifier !== undefined;
+  }
+
   async authenticate(token: string | undefined): Promise<AuthResult> {
     if (this.verifier === undefined) return { ok: true, principal: undefined };
     if (token === undefined) return { ok: false, reason: 'Authentication required' };

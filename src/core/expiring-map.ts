@@ -1,0 +1,75 @@
+import { type Clock, systemClock } from './clock.js';
+
+interface Slot<V> {
+  key: string;
+  value: V;
+  expires: number;
+}
+
+/**
+ * A map whose entries expire after one fixed TTL, capped in size, oldest out
+ * first. With one TTL, insertion order is expiry order, so a queue of slots
+ * makes eviction O(1). (Walking a Map from its start instead is not: V8 keeps
+ * deleted entries as holes until it rehashes, and every walk steps over them.)
+ */
+export class ExpiringMap<V> {
+  private readonly map = new Map<string, Slot<V>>();
+  private queue: Slot<V>[] = [];
+  private head = 0;
+
+  constructor(
+    private readonly ttlMs: number,
+    private readonly maxEntries: number,
+    private readonly clock: Clock = systemClock,
+  ) {}
+
+  get size(): number {
+    return this.map.size;
+  }
+
+  get(key: string): V | undefined {
+    const slot = this.map.get(key);
+    if (slot === undefined) return undefined;
+    if (slot.expires <= this.clock.now()) {
+      this.map.delete(key);
+      return undefined;
+    }
+    return slot.value;
+  }
+
+  /** Inserts, or replaces the value of a live entry keeping its age and place. */
+  set(key: string, value: V): void {
+    const now = this.clock.now();
+    const existing = this.map.get(key);
+    if (existing !== undefined && existing.expires > now) {
+      existing.value = value;
+      return;
+    }
+    const slot: Slot<V> = { key, value, expires: now + this.ttlMs };
+    this.map.set(key, slot);
+    this.queue.push(slot);
+    this.evict(now);
+  }
+
+  delete(key: string): void {
+    this.map.delete(key);
+  }
+
+  private evict(now: number): void {
+    const queue = this.queue;
+    let head = this.head;
+    while (head < queue.length) {
+      const slot = queue[head]!;
+      // Usual case first, without a lookup: under the cap and the oldest slot not yet due.
+      // (A deleted key's slot left at the head is harmless: it goes when it comes due.)
+      if (this.map.size <= this.maxEntries && slot.expires > now) break;
+      if (this.map.get(slot.key) === slot) this.map.delete(slot.key);
+      head++;
+    }
+    if (head > 1024 && head * 2 > queue.length) {
+      this.queue = queue.slice(head);
+      head = 0;
+    }
+    this.head = head;
+  }
+}
