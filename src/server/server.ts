@@ -78,6 +78,9 @@ export interface BoundAddress {
 // biome-ignore lint/suspicious/noExplicitAny: EventEmitter listeners are untyped
 type Listener = (...args: any[]) => void;
 
+/** A listener defined outside `upgrade()`, so it does not keep the upgrade request alive per connection. */
+const ignore = (): void => {};
+
 type AuthResult = { ok: true; principal: unknown } | { ok: false; reason: string };
 
 const SHUTDOWN_REASON = 'Server shutting down';
@@ -436,7 +439,7 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
       socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       return;
     }
-    socket.on('error', () => {});
+    socket.on('error', ignore);
     const token =
       bearerFromHeader(req.headers.authorization) ??
       bearerFromProtocols(req.headers['sec-websocket-protocol']);

@@ -3,19 +3,9 @@ import { ASAPClient, type ASAPClientOptions, ConnectionPool, transportFor } from
 import type { Envelope } from '../../src/protocol/envelope.js';
 import { type ASAPError, ErrorCode, RequestTimeoutError } from '../../src/protocol/errors.js';
 import type { TaskStream } from '../../src/protocol/payloads.js';
-import { CLIENT_URN, DEMO_URN, type Demo, type Json, startDemo, waitFor } from './helpers.js';
+import { CLIENT_URN, cleanups, DEMO_URN, demo, type Json, runCleanups, waitFor } from './helpers.js';
 
-const cleanups: (() => unknown)[] = [];
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-async function demo(opts: Parameters<typeof startDemo>[0] = {}): Promise<Demo> {
-  const d = await startDemo(opts);
-  cleanups.push(() => d.server.close());
-  return d;
-}
+afterEach(runCleanups);
 
 function client(url: string, opts: ASAPClientOptions = {}): ASAPClient {
   const c = new ASAPClient(url, opts);

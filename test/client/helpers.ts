@@ -180,3 +180,17 @@ export function taskInit(skill: string, input: Json = {}) {
     payload: { conversation_id: 'conv-test', skill_id: skill, input },
   };
 }
+
+/** Things a test opened, closed after it in reverse order (`afterEach(runCleanups)`). */
+export const cleanups: (() => unknown)[] = [];
+
+export async function runCleanups(): Promise<void> {
+  for (const c of cleanups.splice(0).reverse()) await c();
+}
+
+/** A demo agent closed after the test. */
+export async function demo(opts: Parameters<typeof startDemo>[0] = {}): Promise<Demo> {
+  const d = await startDemo(opts);
+  cleanups.push(() => d.server.close());
+  return d;
+}

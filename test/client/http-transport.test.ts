@@ -10,19 +10,18 @@ import {
   ProtocolError,
   RequestTimeoutError,
 } from '../../src/protocol/errors.js';
-import { CLIENT_URN, DEMO_URN, type Demo, type Json, responseTo, startDemo, taskInit } from './helpers.js';
+import {
+  CLIENT_URN,
+  cleanups,
+  DEMO_URN,
+  demo,
+  type Json,
+  responseTo,
+  runCleanups,
+  taskInit,
+} from './helpers.js';
 
-const cleanups: (() => unknown)[] = [];
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-async function demo(opts: Parameters<typeof startDemo>[0] = {}): Promise<Demo> {
-  const d = await startDemo(opts);
-  cleanups.push(() => d.server.close());
-  return d;
-}
+afterEach(runCleanups);
 
 interface Tiny {
   url: string;

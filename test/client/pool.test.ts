@@ -6,13 +6,9 @@ import {
   type WebSocketTransport,
 } from '../../src/client/index.js';
 import type { Envelope } from '../../src/protocol/envelope.js';
-import { type Demo, startDemo, taskInit, waitFor } from './helpers.js';
+import { cleanups, type Demo, runCleanups, startDemo, taskInit, waitFor } from './helpers.js';
 
-const cleanups: (() => unknown)[] = [];
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+afterEach(runCleanups);
 
 async function demo(): Promise<Demo> {
   const d = await startDemo();

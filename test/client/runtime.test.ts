@@ -7,13 +7,9 @@ import {
   setDefaultWebSocketFactory,
   WebSocketTransport,
 } from '../../src/client/index.js';
-import { type RawServer, startRawServer, taskInit, waitFor } from './helpers.js';
+import { cleanups, type RawServer, runCleanups, startRawServer, taskInit, waitFor } from './helpers.js';
 
-const cleanups: (() => unknown)[] = [];
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
+afterEach(runCleanups);
 
 type WithWebSocket = { WebSocket?: unknown };
 

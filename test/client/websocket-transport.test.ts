@@ -20,30 +20,21 @@ import {
   activeTimeouts,
   baselineTimeouts,
   CLIENT_URN,
+  cleanups,
   DEMO_URN,
-  type Demo,
   delay,
+  demo,
   type Json,
   type RawServer,
   responseTo,
   resultFrame,
-  startDemo,
+  runCleanups,
   startRawServer,
   taskInit,
   waitFor,
 } from './helpers.js';
 
-const cleanups: (() => unknown)[] = [];
-
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-async function demo(opts: Parameters<typeof startDemo>[0] = {}): Promise<Demo> {
-  const d = await startDemo(opts);
-  cleanups.push(() => d.server.close());
-  return d;
-}
+afterEach(runCleanups);
 
 async function raw(...args: Parameters<typeof startRawServer>): Promise<RawServer> {
   const r = await startRawServer(...args);

@@ -894,3 +894,12 @@ describe('toValidationIssues', () => {
     expect(toValidationIssues(error, { a: { b: 1 } })[0]?.type).toBe('invalid_type');
   });
 });
+
+describe('newId', () => {
+  it('gives unique, sortable ULIDs across many calls (pooled random source refills)', () => {
+    const ids = Array.from({ length: 10_000 }, () => newId());
+    expect(new Set(ids).size).toBe(ids.length);
+    expect([...ids].sort()).toEqual(ids);
+    for (const id of ids.slice(0, 50)) expect(id).toMatch(/^[0-9A-HJKMNP-TV-Z]{26}$/);
+  });
+});
