@@ -96,10 +96,7 @@ export class ASAPClient {
   }
 
   /** Sends an envelope and resolves with the response envelope. */
-  send(
-    envelope: Envelope<object> | EnvelopeInit<object>,
-    opts: RequestOptions = {},
-  ): Promise<Envelope<object>> {
+  send(envelope: Envelope<object> | EnvelopeInit<object>, opts?: RequestOptions): Promise<Envelope<object>> {
     if (this.http !== undefined) return this.http.request(envelope, opts);
     return this.transport().request(envelope, opts);
   }
@@ -107,7 +104,7 @@ export class ASAPClient {
   /** Streams the answer: TaskStream envelopes up to the final one (over HTTP, just the final one). */
   async *stream(
     envelope: Envelope<object> | EnvelopeInit<object>,
-    opts: RequestOptions = {},
+    opts?: RequestOptions,
   ): AsyncIterable<Envelope<TaskStream>> {
     if (this.http !== undefined) {
       yield (await this.http.request(envelope, opts)) as Envelope<TaskStream>;

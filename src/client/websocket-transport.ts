@@ -8,7 +8,13 @@ import { Dispatcher, type Session } from '../core/dispatcher.js';
 import { Emitter } from '../core/emitter.js';
 import { type Logger, silentLogger } from '../core/logger.js';
 import type { HandlerRegistry } from '../core/registry.js';
-import { createEnvelope, type Envelope, type EnvelopeInit, validateEnvelope } from '../protocol/envelope.js';
+import {
+  checkEnvelope,
+  createEnvelope,
+  type Envelope,
+  type EnvelopeInit,
+  validateEnvelope,
+} from '../protocol/envelope.js';
 import {
   ASAPError,
   ConnectionError,
@@ -21,9 +27,9 @@ import {
   ASAP_SUBPROTOCOL,
   type BatchItem,
   decodeFrame,
+  encodeEnvelopeRequest,
   encodeError,
   encodeNotification,
-  encodeRequest,
   envelopeParam,
   METHOD_ACK,
   METHOD_SEND,
@@ -33,6 +39,9 @@ import {
 import { ACKED_TYPES, type MessageAck, normalizePayloadType, type TaskStream } from '../protocol/payloads.js';
 import { isJsonObject } from '../protocol/schema-util.js';
 import { defaultWebSocketFactory, type WebSocketFactory, type WebSocketLike } from './runtime.js';
+
+/** Default options shared by every call (no allocation per request). */
+const NO_OPTIONS: RequestOptions = Object.freeze({});
 
 export type TransportState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
 
@@ -263,7 +272,7 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
   /** Sends a request and resolves with the response envelope, bound to it by `correlation_id`. */
   request(
     init: Envelope<object> | EnvelopeInit<object>,
-    opts: RequestOptions = {},
+    opts: RequestOptions = NO_OPTIONS,
   ): Promise<Envelope<object>> {
     return new Promise((resolve, reject) => {
       this.start(init, opts, resolve, reject);
@@ -273,7 +282,7 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
   /** Sends a request whose answer is streamed; iterates TaskStream envelopes up to the final one. */
   stream(
     init: Envelope<object> | EnvelopeInit<object>,
-    opts: RequestOptions = {},
+    opts: RequestOptions = NO_OPTIONS,
   ): AsyncIterable<Envelope<TaskStream>> {
     let pending: Pending | undefined;
     const chunks = new AsyncQueue<Envelope<TaskStream>>(() => {
@@ -310,7 +319,7 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
     const p: Pending = {
       rpcId,
       envelope,
-      text: encodeRequest(METHOD_SEND, { envelope }, rpcId),
+      text: encodeEnvelopeRequest(METHOD_SEND, envelope, rpcId),
       sent: false,
       queued: false,
       settled: false,
@@ -637,12 +646,11 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
   private onResult(p: Pending, result: unknown): void {
     this.acks?.ack(p.envelope.id);
     const raw = isJsonObject(result) ? result.envelope : undefined;
-    const v = validateEnvelope(raw);
-    if (!v.ok) {
-      this.fail(p, new ProtocolError('Response carries no valid envelope', { validation_errors: v.issues }));
+    const env = checkEnvelope(raw);
+    if (Array.isArray(env)) {
+      this.fail(p, new ProtocolError('Response carries no valid envelope', { validation_errors: env }));
       return;
     }
-    const env = v.envelope;
     if (env.correlation_id !== p.envelope.id) {
       this.fail(
         p,

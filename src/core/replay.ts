@@ -28,10 +28,43 @@ export class ReplayGuard {
     this.nonces = new ExpiringMap(opts.nonceTtlMs ?? 600_000, opts.maxNonces ?? 100_000, this.clock);
   }
 
+  private lastSecond = '';
+  private lastSecondMs = 0;
+
+  /**
+   * Epoch ms of an RFC 3339 timestamp. The usual UTC form (`…:SS[.fff…]Z`) parses its second once
+   * per second and adds the milliseconds by hand; anything else goes to Date.parse.
+   */
+  private parse(timestamp: string): number {
+    const end = timestamp.length - 1;
+    if (end >= 19 && timestamp.charCodeAt(end) === 90 /* Z */) {
+      let ms = 0;
+      if (end > 19) {
+        if (timestamp.charCodeAt(19) !== 46 /* . */ || end === 20) return Date.parse(timestamp);
+        for (let i = 20, scale = 100; i < end; i++, scale /= 10) {
+          const d = timestamp.charCodeAt(i) - 48;
+          if (d < 0 || d > 9) return Date.parse(timestamp);
+          if (scale >= 1) ms += d * scale;
+        }
+      }
+      const second = timestamp.slice(0, 19);
+      if (second !== this.lastSecond) {
+        const t = Date.parse(`${second}Z`);
+        if (Number.isNaN(t)) return t;
+        this.lastSecond = second;
+        this.lastSecondMs = t;
+      }
+      return this.lastSecondMs + ms;
+    }
+    return Date.parse(timestamp);
+  }
+
   /** Returns the error to send back, or undefined when the envelope may pass. */
   check(timestamp: string, extensions: Record<string, unknown> | null | undefined): ASAPError | undefined {
     const now = this.clock.now();
-    const t = Date.parse(timestamp);
+    const t = this.parse(timestamp);
+    if (Number.isNaN(t))
+      return new ASAPError(ErrorCode.InvalidTimestamp, 'Unreadable timestamp', { timestamp });
     if (now - t > this.maxAge) {
       return new ASAPError(ErrorCode.InvalidTimestamp, 'Envelope timestamp is too old', { timestamp });
     }

@@ -86,8 +86,15 @@ export function newId(): string {
 
 /** Current time as RFC 3339 UTC with milliseconds. */
 export function nowTimestamp(now: number = Date.now()): string {
-  return new Date(now).toISOString();
+  // A busy agent stamps dozens of envelopes per millisecond: format each millisecond once.
+  if (now !== lastStampMs) {
+    lastStampMs = now;
+    lastStamp = new Date(now).toISOString();
+  }
+  return lastStamp;
 }
+let lastStampMs = Number.NaN;
+let lastStamp = '';
 
 /** Builds an envelope, filling `id`, `timestamp` and `asap_version`. Fields left undefined are not emitted. */
 export function createEnvelope<P extends object>(init: EnvelopeInit<P>): Envelope<P> {

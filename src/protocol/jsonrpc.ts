@@ -135,6 +135,11 @@ export function encodeRequest(method: string, params: unknown, id: JsonRpcId): s
   return `{"jsonrpc":"2.0","method":${JSON.stringify(method)}${paramsText(params)},"id":${idText(id)}}`;
 }
 
+/** `{"jsonrpc":"2.0","method":M,"params":{"envelope":E},"id":ID}` without a wrapper object. */
+export function encodeEnvelopeRequest(method: string, envelope: unknown, id: JsonRpcId): string {
+  return `{"jsonrpc":"2.0","method":${JSON.stringify(method)},"params":{"envelope":${JSON.stringify(envelope)}},"id":${idText(id)}}`;
+}
+
 export function encodeNotification(method: string, params: unknown): string {
   return `{"jsonrpc":"2.0","method":${JSON.stringify(method)}${paramsText(params)}}`;
 }

@@ -1,9 +1,18 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { ASAPClient, type ASAPClientOptions, ConnectionPool, transportFor } from '../../src/client/index.js';
 import type { Envelope } from '../../src/protocol/envelope.js';
-import { type ASAPError, ErrorCode, RequestTimeoutError } from '../../src/protocol/errors.js';
+import { ErrorCode, RequestTimeoutError } from '../../src/protocol/errors.js';
 import type { TaskStream } from '../../src/protocol/payloads.js';
-import { CLIENT_URN, cleanups, DEMO_URN, demo, type Json, runCleanups, waitFor } from './helpers.js';
+import {
+  CLIENT_URN,
+  cleanups,
+  DEMO_URN,
+  demo,
+  type Json,
+  rejection,
+  runCleanups,
+  waitFor,
+} from './helpers.js';
 
 afterEach(runCleanups);
 
@@ -11,15 +20,6 @@ function client(url: string, opts: ASAPClientOptions = {}): ASAPClient {
   const c = new ASAPClient(url, opts);
   cleanups.push(() => c.close());
   return c;
-}
-
-async function rejection(p: Promise<unknown>): Promise<ASAPError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as ASAPError;
-  }
-  throw new Error('expected the promise to reject');
 }
 
 const payloadOf = (env: Envelope<object>): Json => env.payload;

@@ -6,6 +6,7 @@ import type { IncomingMessage } from 'node:http';
 import { type WebSocket, WebSocketServer } from 'ws';
 import { createDemoAgent } from '../../src/cli/demo-agent.js';
 import { createReply, type Envelope } from '../../src/protocol/envelope.js';
+import type { ASAPError } from '../../src/protocol/errors.js';
 import type { ASAPServer, ASAPServerOptions } from '../../src/server/server.js';
 
 export const CLIENT_URN = 'urn:asap:agent:client';
@@ -193,4 +194,14 @@ export async function demo(opts: Parameters<typeof startDemo>[0] = {}): Promise<
   const d = await startDemo(opts);
   cleanups.push(() => d.server.close());
   return d;
+}
+
+/** Settles to the rejection reason (or fails the test when it resolves). */
+export async function rejection(p: Promise<unknown>): Promise<ASAPError> {
+  try {
+    await p;
+  } catch (err) {
+    return err as ASAPError;
+  }
+  throw new Error('expected the promise to reject');
 }

@@ -3,19 +3,14 @@ import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { baseUrlOf, HttpTransport } from '../../src/client/index.js';
 import { createEnvelope } from '../../src/protocol/envelope.js';
-import {
-  type ASAPError,
-  ConnectionError,
-  ErrorCode,
-  ProtocolError,
-  RequestTimeoutError,
-} from '../../src/protocol/errors.js';
+import { ConnectionError, ErrorCode, ProtocolError, RequestTimeoutError } from '../../src/protocol/errors.js';
 import {
   CLIENT_URN,
   cleanups,
   DEMO_URN,
   demo,
   type Json,
+  rejection,
   responseTo,
   runCleanups,
   taskInit,
@@ -58,15 +53,6 @@ const json = (res: ServerResponse, status: number, body: unknown) => {
   res.writeHead(status, { 'content-type': 'application/json' });
   res.end(typeof body === 'string' ? body : JSON.stringify(body));
 };
-
-async function rejection(p: Promise<unknown>): Promise<ASAPError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as ASAPError;
-  }
-  throw new Error('expected the promise to reject');
-}
 
 describe('HttpTransport against the demo agent', () => {
   it('sends a request and returns the bound response', async () => {

@@ -26,6 +26,7 @@ import {
   demo,
   type Json,
   type RawServer,
+  rejection,
   responseTo,
   resultFrame,
   runCleanups,
@@ -46,16 +47,6 @@ function transport(url: string | undefined, opts: WebSocketTransportOptions = {}
   const t = new WebSocketTransport(url, { reconnect: false, ...opts });
   cleanups.push(() => t.close());
   return t;
-}
-
-/** Settles to the rejection reason (or fails the test when it resolves). */
-async function rejection(p: Promise<unknown>): Promise<ASAPError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as ASAPError;
-  }
-  throw new Error('expected the promise to reject');
 }
 
 /** Tracks whether a promise has settled yet. */

@@ -101,6 +101,25 @@ describe('ReplayGuard', () => {
     expect(g.check(iso(T0 + 30_000), {})).toBeUndefined();
   });
 
+  it('reads offsets other than Z, and refuses an unreadable timestamp', () => {
+    const g = new ReplayGuard({ clock: new ManualClock(T0) });
+    expect(g.check('2026-11-26T18:30:00.000+01:00', undefined)).toBeUndefined();
+    expect(g.check('2026-11-26T16:30:00.000+01:00', undefined)?.code).toBe(ErrorCode.InvalidTimestamp);
+    expect(g.check('not-a-timestamp-at-allZ', undefined)?.code).toBe(ErrorCode.InvalidTimestamp);
+  });
+
+  it('reads milliseconds exactly in every UTC spelling, with the second parsed once', () => {
+    const g = new ReplayGuard({ clock: new ManualClock(T0), maxAgeMs: 1000 });
+    expect(g.check('2026-11-26T17:29:59.001Z', undefined)).toBeUndefined();
+    expect(g.check('2026-11-26T17:29:59.0001Z', undefined)).toBeUndefined();
+    expect(g.check('2026-11-26T17:29:59.5Z', undefined)).toBeUndefined();
+    expect(g.check('2026-11-26T17:29:59.000999Z', undefined)).toBeUndefined();
+    expect(g.check('2026-11-26T17:29:59Z', undefined)).toBeUndefined();
+    expect(g.check('2026-11-26T17:29:58.999Z', undefined)?.code).toBe(ErrorCode.InvalidTimestamp);
+    expect(g.check('2026-11-26T17:29:59.9x9Z', undefined)?.code).toBe(ErrorCode.InvalidTimestamp);
+    expect(g.check('2026-11-26T17:29:59.Z', undefined)?.code).toBe(ErrorCode.InvalidTimestamp);
+  });
+
   it('refuses older and further-ahead timestamps with -32002', () => {
     const g = new ReplayGuard({ clock: new ManualClock(T0) });
     const old = g.check(iso(T0 - 300_001), undefined);
