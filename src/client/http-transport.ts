@@ -1,6 +1,6 @@
 import { createEnvelope, type Envelope, type EnvelopeInit, validateEnvelope } from '../protocol/envelope.js';
 import { ASAPError, ConnectionError, ProtocolError, RequestTimeoutError } from '../protocol/errors.js';
-import { decodeFrame, encodeRequest, METHOD_SEND } from '../protocol/jsonrpc.js';
+import { decodeFrame, encodeEnvelopeRequest, METHOD_SEND } from '../protocol/jsonrpc.js';
 import { type Health, type Manifest, validateHealth, validateManifest } from '../protocol/manifest.js';
 import { isJsonObject } from '../protocol/schema-util.js';
 
@@ -47,7 +47,7 @@ export class HttpTransport {
     const envelope =
       'id' in init && 'timestamp' in init && init.id ? (init as Envelope<object>) : createEnvelope(init);
     const id = this.nextId++;
-    const body = encodeRequest(METHOD_SEND, { envelope }, id);
+    const body = encodeEnvelopeRequest(METHOD_SEND, envelope, id);
     const res = await this.fetchWithTimeout(
       this.url,
       { method: 'POST', body, headers: { 'content-type': 'application/json' } },

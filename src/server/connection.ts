@@ -7,10 +7,10 @@ import { ASAPError, ConnectionError, ProtocolError, RequestTimeoutError } from '
 import {
   decodeFrame,
   type ErrorFrame,
+  encodeEnvelopeRequest,
+  encodeEnvelopeResult,
   encodeError,
   encodeNotification,
-  encodeRequest,
-  encodeSuccess,
   type Frame,
   METHOD_SEND,
   PING_FRAME,
@@ -258,7 +258,7 @@ export class Connection implements Session {
         : init;
     const text =
       this.host.pushForm === 'result'
-        ? encodeSuccess(null, { envelope })
+        ? encodeEnvelopeResult(null, envelope)
         : encodeNotification(METHOD_SEND, { envelope });
     const written = Promise.resolve(this.write(text));
     // A push that requires an ack settles when the client acknowledges it (retransmitted until then).
@@ -286,7 +286,7 @@ export class Connection implements Session {
       }, timeoutMs);
       this.reverse ??= new Map();
       this.reverse.set(id, { envelopeId: envelope.id, resolve, reject, timer });
-      void this.write(encodeRequest(METHOD_SEND, { envelope }, id));
+      void this.write(encodeEnvelopeRequest(METHOD_SEND, envelope, id));
     });
   }
 
