@@ -4,6 +4,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { ASAPClient } from '../client/index.js';
 import { ASAPError, ConnectionError, ErrorCode } from '../protocol/errors.js';
 import { isJsonObject, type JsonObject } from '../protocol/schema-util.js';
+import { normalizeOrigin } from '../server/origin.js';
 import { createDemoAgent } from './demo-agent.js';
 import { createLogger, LOG_LEVELS, type LogLevel } from './logger.js';
 
@@ -22,6 +23,13 @@ function positive(name: string) {
     if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a number > 0`);
     return n;
   };
+}
+
+/** Collects repeated `--allow-origin` values; each must be `*` or a bare origin (`scheme://host[:port]`). */
+function originArg(value: string, previous: string[]): string[] {
+  if (value !== '*' && normalizeOrigin(value.replace(/\/$/, '')) === undefined)
+    throw new InvalidArgumentError('--allow-origin must be * or an origin like https://app.example');
+  return [...previous, value];
 }
 
 function jsonObjectArg(value: string): JsonObject {
@@ -47,6 +55,8 @@ interface ServeOptions {
   logLevel: LogLevel;
   pushForm: 'notification' | 'result';
   static?: string;
+  allowOrigin: string[];
+  maxConnections: number;
 }
 
 /** The browser bundle (scripts/build-browser.mjs) from dist/cli/ after a build, or from src/cli/ under tsx. */
@@ -73,6 +83,8 @@ async function serve(o: ServeOptions): Promise<number> {
     maxMessageBytes: o.maxMessageBytes,
     drainTimeoutMs: o.drainTimeout * 1000,
     pushForm: o.pushForm,
+    allowOrigins: o.allowOrigin,
+    maxConnections: o.maxConnections,
     ...(o.static === undefined ? {} : staticOptions(o.static)),
   });
   const addr = await server.listen({ host: o.host, port: o.port });
@@ -232,6 +244,18 @@ export async function run(argv: string[]): Promise<number | undefined> {
     .option(
       '--static <dir>',
       'also serve the files of this directory (and the browser bundle at /asap-client.js)',
+    )
+    .option(
+      '--allow-origin <origin>',
+      'a browser origin allowed besides our own (repeatable); * allows any',
+      originArg,
+      [] as string[],
+    )
+    .option(
+      '--max-connections <n>',
+      'open WebSocket connections; past it new ones close with 1013',
+      int('--max-connections', 1),
+      10_000,
     )
     .action(async (o: ServeOptions) => {
       code = await serve(o);

@@ -1,7 +1,7 @@
 import type { HandlerContext } from '../core/registry.js';
 import { createEnvelope, type Envelope } from '../protocol/envelope.js';
 import { ASAPError } from '../protocol/errors.js';
-import type { TaskRequest, TaskStream, TaskUpdate } from '../protocol/payloads.js';
+import { type TaskRequest, type TaskStream, type TaskUpdate, URN_PATTERN } from '../protocol/payloads.js';
 import type { JsonObject } from '../protocol/schema-util.js';
 import { ASAPServer, type ASAPServerOptions } from '../server/server.js';
 
@@ -25,17 +25,41 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
-function nonNegativeInt(input: JsonObject, key: string, fallback: number): number {
+function invalidInput(key: string, message: string, msg: string, type: string): ASAPError {
+  return new ASAPError(-32602, `input.${key} ${message}`, {
+    validation_errors: [{ loc: ['payload', 'input', key], msg, type }],
+  });
+}
+
+function nonNegativeInt(
+  input: JsonObject,
+  key: string,
+  fallback: number,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
   const v = input[key] ?? fallback;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) {
-    throw new ASAPError(-32602, `input.${key} must be a non-negative integer`, {
-      validation_errors: [
-        { loc: ['payload', 'input', key], msg: 'Input should be a non-negative integer', type: 'int_type' },
-      ],
-    });
-  }
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0)
+    throw invalidInput(
+      key,
+      'must be a non-negative integer',
+      'Input should be a non-negative integer',
+      'int_type',
+    );
+  if (v > max)
+    throw invalidInput(
+      key,
+      `must be at most ${max}`,
+      `Input should be less than or equal to ${max}`,
+      'less_than_equal',
+    );
   return v;
 }
+
+/** The demo skills' size limits (demo-agent.md): big enough to show fairness, bounded all the same. */
+export const MAX_STREAM_CHUNKS = 1_000_000;
+export const MAX_PUSH_COUNT = 1_000_000;
+/** Pushes awaiting their ack at once in `push` with `requires_ack`: bounds the ack tracker per task. */
+const ACK_WINDOW = 64;
 
 const counters = new Map<string, number>();
 
@@ -53,7 +77,7 @@ export const demoSkills = {
   },
 
   stream: async function* (env: Envelope<TaskRequest>, ctx: Ctx): AsyncGenerator<TaskStream> {
-    const n = nonNegativeInt(env.payload.input, 'chunks', 3);
+    const n = nonNegativeInt(env.payload.input, 'chunks', 3, MAX_STREAM_CHUNKS);
     const interval = nonNegativeInt(env.payload.input, 'interval_ms', 0);
     if (n === 0) {
       yield { chunk: '', progress: 1, final: true, status: 'completed' };
@@ -71,9 +95,27 @@ export const demoSkills = {
     }
   },
 
+  /**
+   * `count` TaskUpdates to the caller, or with `to` to every connection of that agent URN; with
+   * `requires_ack` each asks for an ack and the answer waits until every push settled.
+   */
   push: async (env: Envelope<TaskRequest>, ctx: Ctx) => {
-    const n = nonNegativeInt(env.payload.input, 'count', 1);
-    if (ctx.transport === 'http') return { task_id: env.id, status: 'completed', result: { pushed: 0 } };
+    const input = env.payload.input;
+    const n = nonNegativeInt(input, 'count', 1, MAX_PUSH_COUNT);
+    const to = input.to;
+    if (to !== undefined && (typeof to !== 'string' || !URN_PATTERN.test(to)))
+      throw invalidInput(
+        'to',
+        'must be an agent URN',
+        'Input should be an agent URN',
+        'string_pattern_mismatch',
+      );
+    const requiresAck = input.requires_ack === true;
+    if (ctx.transport === 'http' && to === undefined)
+      return { task_id: env.id, status: 'completed', result: { pushed: 0 } };
+    let pushed = 0;
+    let acked = 0;
+    const waiting = new Set<Promise<void>>();
     for (let i = 0; i < n; i++) {
       const payload: TaskUpdate = {
         task_id: env.id,
@@ -81,18 +123,39 @@ export const demoSkills = {
         status: 'working',
         progress: { percent: Math.round(((i + 1) / n) * 100), message: `update ${i + 1} of ${n}` },
       };
-      await ctx.push(
-        createEnvelope({
-          sender: env.recipient,
-          recipient: env.sender,
-          payload_type: 'TaskUpdate',
-          payload,
-          correlation_id: env.id,
-          trace_id: env.trace_id,
-        }),
+      const update = createEnvelope({
+        sender: env.recipient,
+        recipient: to ?? env.sender,
+        payload_type: 'TaskUpdate',
+        payload,
+        correlation_id: env.id,
+        trace_id: env.trace_id,
+        requires_ack: requiresAck,
+      });
+      const sent: Promise<number> =
+        to === undefined ? ctx.push(update).then(() => 1) : ctx.pushTo(to, update);
+      if (!requiresAck) {
+        pushed += await sent;
+        continue;
+      }
+      // Acked pushes settle later: keep a bounded window of them in flight. A push to the
+      // caller counts as pushed once written; one to `to` counts the connections that took it.
+      if (to === undefined) pushed++;
+      const settled: Promise<void> = sent.then(
+        (reached) => {
+          if (to !== undefined) pushed += reached;
+          acked += reached;
+        },
+        () => {},
       );
+      waiting.add(settled);
+      void settled.then(() => waiting.delete(settled));
+      if (waiting.size >= ACK_WINDOW) await Promise.race(waiting);
+      if (ctx.signal.aborted) throw ctx.signal.reason;
     }
-    return { task_id: env.id, status: 'completed', result: { pushed: n } };
+    await Promise.all(waiting);
+    const result: JsonObject = requiresAck ? { pushed, acked } : { pushed };
+    return { task_id: env.id, status: 'completed', result };
   },
 
   fail: (env: Envelope<TaskRequest>) => {
@@ -113,7 +176,7 @@ const descriptions: Record<keyof typeof demoSkills, string> = {
   echo: 'Returns its input as result.echo',
   sleep: 'Waits input.ms milliseconds (cancellable), then echoes',
   stream: 'Streams input.chunks TaskStream chunks, input.interval_ms apart',
-  push: 'Pushes input.count TaskUpdate envelopes to the caller, then completes',
+  push: 'Pushes input.count TaskUpdate envelopes to the caller (or to every connection of input.to), then completes',
   fail: 'Throws input.message (the caller gets -32603)',
   count: 'Counts calls per input.key: shows whether a retransmission ran twice',
 };

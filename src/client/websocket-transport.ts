@@ -3,9 +3,9 @@ import { AsyncQueue } from '../core/async-queue.js';
 import { type BackoffOptions, backoffDelay } from '../core/backoff.js';
 import { CircuitBreaker, type CircuitBreakerOptions, type CircuitState } from '../core/circuit-breaker.js';
 import { type Clock, systemClock } from '../core/clock.js';
-import { MemoryDedupeStore } from '../core/dedupe.js';
 import { Dispatcher, type Session } from '../core/dispatcher.js';
 import { Emitter } from '../core/emitter.js';
+import { ExpiringMap } from '../core/expiring-map.js';
 import { type Logger, silentLogger } from '../core/logger.js';
 import type { HandlerRegistry } from '../core/registry.js';
 import {
@@ -144,7 +144,8 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
   private readonly acks: AckTracker | undefined;
   private readonly breaker: CircuitBreaker | undefined;
   private readonly pushes: AsyncQueue<Envelope<object>>;
-  private readonly seenPushes = new MemoryDedupeStore({ ttlMs: 600_000, maxEntries: 10_000 });
+  /** Pushes seen lately (sender + id), so a retransmitted push is acked again but delivered once. */
+  private readonly seenPushes = new ExpiringMap<true>(600_000, 10_000);
   private readonly dispatcher: Dispatcher | undefined;
   private url: string | undefined;
   private socket: WebSocketLike | undefined;
@@ -711,8 +712,9 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
     const env = v.envelope;
     if (env.requires_ack === true)
       this.write(encodeNotification(METHOD_ACK, { envelope: ackFor(env, 'received') }));
-    if (this.seenPushes.get(env.id) !== undefined) return;
-    this.seenPushes.set(env.id, { outcome: { kind: 'none' } });
+    const key = `${env.sender}\u0000${env.id}`;
+    if (this.seenPushes.get(key) !== undefined) return;
+    this.seenPushes.set(key, true);
     this.pushes.push(env);
     this.emit('message', env);
   }

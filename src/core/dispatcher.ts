@@ -34,8 +34,11 @@ import {
   type TaskStream,
 } from '../protocol/payloads.js';
 import { isJsonObject, type JsonObject } from '../protocol/schema-util.js';
-import { type DedupeRecord, type DedupeStore, MemoryDedupeStore, type Outcome } from './dedupe.js';
+import { type Claim, type DedupeStore, MemoryDedupeStore, type Outcome } from './dedupe.js';
+import { TurnBudget } from './fairness.js';
+import { fingerprint } from './fingerprint.js';
 import { debugEnabled, type Logger, silentLogger } from './logger.js';
+import { handlerError } from './opaque-error.js';
 import type {
   Handler,
   HandlerContext,
@@ -55,6 +58,12 @@ export interface Session {
   /** True when chunks and acks may be written before the final answer (WebSocket). */
   readonly interactive: boolean;
   readonly principal?: unknown;
+  /** The principal's id (see `principalId`): per-caller state is keyed by it and the envelope's sender. */
+  readonly callerId?: string;
+  /** The agent URNs the caller may speak for, when authentication says (§10 sender binding). */
+  readonly agents?: ReadonlySet<string>;
+  /** True once the peer is gone (a closed WebSocket): streams and push loops to it stop. */
+  readonly closed?: boolean;
   /** Writes one encoded message now; a returned promise means "wait before writing more" (backpressure). */
   write(text: string): void | Promise<void>;
   /** Sends an envelope to the peer as server push. */
@@ -81,6 +90,20 @@ export interface DispatcherOptions {
   deadlineResolutionMs?: number;
   /** Also send a `processed` ack after the handler finishes (default false). */
   processedAcks?: boolean;
+  /**
+   * Let the message of an ordinary Error a handler throws reach the caller (default true, as
+   * the reference does). Runtime errors (TypeError, RangeError, …) are always answered with a
+   * generic `Internal error` and an error id; `false` makes every handler error generic.
+   */
+  exposeHandlerErrors?: boolean;
+  /**
+   * Longest run of stream chunks or pushes before the event loop gets a turn (default 5 ms).
+   * Small enough that other peers and health checks answer within milliseconds while one
+   * caller streams a million chunks; large enough that the extra turns cost well under 1 %.
+   */
+  yieldEveryMs?: number;
+  /** Push to every connection of an agent URN (what `ctx.pushTo` calls); resolves with how many it reached. */
+  pushTo?: (agentUrn: string, envelope: Envelope<object>) => Promise<number>;
 }
 
 /** What handling a frame produces: the encoded answer (or nothing), at once or later. */
@@ -104,9 +127,12 @@ class TaskScope<P extends object = JsonObject> implements HandlerContext<P> {
     readonly taskId: string,
     readonly isTask: boolean,
     private readonly session: Session,
-    readonly logger: Logger,
-    private readonly getManifest: () => Manifest | undefined,
+    private readonly owner: Dispatcher,
   ) {}
+
+  get logger(): Logger {
+    return this.owner.logger;
+  }
 
   get transport(): TransportKind {
     return this.session.transport;
@@ -117,7 +143,7 @@ class TaskScope<P extends object = JsonObject> implements HandlerContext<P> {
   }
 
   get manifest(): Manifest | undefined {
-    return this.getManifest();
+    return this.owner.manifest();
   }
 
   get signal(): AbortSignal {
@@ -138,23 +164,46 @@ class TaskScope<P extends object = JsonObject> implements HandlerContext<P> {
     this.controller?.abort(reason);
   }
 
+  /**
+   * Pushes to the caller. Once the task is over (deadline, cancel, shutdown) it rejects with
+   * that reason, so a push loop ends with its task; and it yields to the event loop every
+   * few milliseconds, so a loop of pushes that never block cannot starve other peers.
+   */
   push(envelope: Envelope<object> | PushInit<object>): Promise<void> {
-    const env =
-      'id' in envelope && 'timestamp' in envelope
-        ? envelope
-        : createEnvelope({
-            sender: this.envelope.recipient,
-            recipient: this.envelope.sender,
-            trace_id: this.envelope.trace_id,
-            ...envelope,
-          });
-    return this.session.push(env);
+    if (this.done) return Promise.reject(this.abortReason ?? ASAPError.invalidState('Task is over'));
+    if (this.session.closed === true) return Promise.reject(PEER_GONE);
+    const pushed = this.session.push(this.toEnvelope(envelope));
+    const pause = this.owner.turns.pause();
+    return pause === undefined ? pushed : pushed.then(() => pause);
+  }
+
+  pushTo(agentUrn: string, envelope: Envelope<object> | PushInit<object>): Promise<number> {
+    if (this.done) return Promise.reject(this.abortReason ?? ASAPError.invalidState('Task is over'));
+    const env = this.toEnvelope({ recipient: agentUrn, ...envelope });
+    const pushed = this.owner.pushTo(agentUrn, env);
+    const pause = this.owner.turns.pause();
+    return pause === undefined ? pushed : pushed.then((n) => pause.then(() => n));
+  }
+
+  private toEnvelope(envelope: Envelope<object> | PushInit<object>): Envelope<object> {
+    if ('id' in envelope && 'timestamp' in envelope) return envelope;
+    return createEnvelope({
+      sender: this.envelope.recipient,
+      recipient: this.envelope.sender,
+      trace_id: this.envelope.trace_id,
+      ...envelope,
+    });
   }
 
   reply<Q extends object>(payloadType: string, payload: Q): Envelope<Q> {
     return createReply(this.envelope, payloadType, payload);
   }
 }
+
+const SENDER_MISMATCH = 'Sender does not match authenticated identity';
+const PEER_GONE = ASAPError.invalidState('The connection closed before the task finished', {
+  reason: 'connection closed',
+});
 
 /** The reply envelope as the JSON text an outcome keeps (a flat string is cheap to hold for the dedupe window). */
 function stringifyReply(request: Envelope, payloadType: string, payload: object): string {
@@ -194,8 +243,14 @@ export function isPromiseLike(v: unknown): v is PromiseLike<unknown> {
  */
 export class Dispatcher {
   private readonly registry: HandlerRegistry;
-  private readonly logger: Logger;
-  private readonly manifest: () => Manifest | undefined;
+  /** @internal */
+  readonly logger: Logger;
+  /** @internal */
+  readonly manifest: () => Manifest | undefined;
+  /** @internal Shared by every stream and push loop (see TurnBudget). */
+  readonly turns: TurnBudget;
+  private readonly pushToAgent: DispatcherOptions['pushTo'];
+  private readonly exposeHandlerErrors: boolean;
   private readonly replay: ReplayGuard | undefined;
   private readonly dedupe: DedupeStore | undefined;
   private readonly defaultTimeoutMs: number;
@@ -212,7 +267,11 @@ export class Dispatcher {
     this.logger = opts.logger ?? silentLogger;
     this.manifest = opts.manifest ?? (() => undefined);
     this.replay = opts.replay === false ? undefined : new ReplayGuard(opts.replay);
-    this.dedupe = opts.dedupe === false ? undefined : (opts.dedupe ?? new MemoryDedupeStore());
+    this.dedupe =
+      opts.dedupe === false ? undefined : (opts.dedupe ?? new MemoryDedupeStore({ logger: this.logger }));
+    this.turns = new TurnBudget(opts.yieldEveryMs);
+    this.pushToAgent = opts.pushTo;
+    this.exposeHandlerErrors = opts.exposeHandlerErrors ?? true;
     this.defaultTimeoutMs = opts.defaultTimeoutMs ?? 60_000;
     this.resolutionMs = opts.deadlineResolutionMs ?? 100;
     this.processedAcks = opts.processedAcks ?? false;
@@ -221,6 +280,13 @@ export class Dispatcher {
   /** Handlers running now. */
   get inFlight(): number {
     return this.running.size;
+  }
+
+  /** @internal What `ctx.pushTo` calls. */
+  pushTo(agentUrn: string, envelope: Envelope<object>): Promise<number> {
+    if (this.pushToAgent === undefined)
+      return Promise.reject(ASAPError.invalidState('Push by agent URN is not available here'));
+    return this.pushToAgent(agentUrn, envelope);
   }
 
   /**
@@ -294,67 +360,127 @@ export class Dispatcher {
       this.logger.warn({ jsonrpc_id: id, issues: env }, 'invalid envelope');
       return this.answer(id, err);
     }
-    session.onEnvelope?.(env);
-    if (this.dedupe === undefined) return this.admit(env, id, session, collect);
-    const rec = this.dedupe.get(env.id);
-    if (isPromiseLike(rec)) {
-      return Promise.resolve(rec).then((r) =>
-        r === undefined ? this.admit(env, id, session, collect) : this.answerDuplicate(r, env, id, session),
-      );
+    if (session.agents !== undefined && !session.agents.has(env.sender)) {
+      // §10 sender binding, in the reference's form.
+      const err = new ASAPError(ErrorCode.InvalidParams, SENDER_MISMATCH, {
+        error: SENDER_MISMATCH,
+        status_code: 403,
+      });
+      this.ack(env, session, 'rejected', SENDER_MISMATCH);
+      this.logger.warn({ envelope_id: env.id, sender: env.sender }, SENDER_MISMATCH);
+      return this.answer(id, err);
     }
-    return rec === undefined
-      ? this.admit(env, id, session, collect)
-      : this.answerDuplicate(rec, env, id, session);
+    session.onEnvelope?.(env);
+    if (this.dedupe === undefined) return this.admit(env, undefined, id, session, collect);
+    // §10: per caller (principal and sender), never by envelope id alone.
+    const key = `${session.callerId ?? ''}\u0000${env.sender}\u0000${env.id}`;
+    return this.claim(env, key, fingerprint(env), id, session, collect);
   }
 
-  /** A retransmitted envelope: acked again, never run again; it gets the first copy's outcome. */
-  private answerDuplicate(
-    rec: DedupeRecord,
+  private claim(
     env: Envelope,
+    key: string,
+    fp: string,
     id: JsonRpcId | undefined,
     session: Session,
+    collect: boolean,
   ): Answer {
-    this.ack(env, session, 'received');
-    this.logger.debug({ envelope_id: env.id }, 'duplicate envelope answered from the dedupe store');
-    if ('outcome' in rec) return this.encodeOutcome(id, rec.outcome);
-    return rec.pending.then((outcome) => this.encodeOutcome(id, outcome));
+    const claim = this.dedupe!.claim(key, fp);
+    if (isPromiseLike(claim)) return claim.then((c) => this.onClaim(c, env, key, fp, id, session, collect));
+    return this.onClaim(claim, env, key, fp, id, session, collect);
+  }
+
+  /** First sight runs; a copy (retransmission) is acked again and gets the first copy's outcome, never a second run. */
+  private onClaim(
+    claim: Claim,
+    env: Envelope,
+    key: string,
+    fp: string,
+    id: JsonRpcId | undefined,
+    session: Session,
+    collect: boolean,
+  ): Answer {
+    switch (claim.state) {
+      case 'new':
+        return this.admit(env, key, id, session, collect);
+      case 'conflict': {
+        const err = ASAPError.invalidRequest('Envelope id reused with different content', {
+          reason: 'envelope id reused with different content',
+          envelope_id: env.id,
+        });
+        this.ack(env, session, 'rejected', err.message);
+        this.logger.warn({ envelope_id: env.id, sender: env.sender }, err.message);
+        return this.answer(id, err);
+      }
+      case 'dropped':
+        this.ack(env, session, 'received');
+        this.logger.warn({ envelope_id: env.id }, 'duplicate envelope whose outcome is no longer held');
+        return this.answer(
+          id,
+          ASAPError.invalidState('Duplicate envelope; its outcome is no longer held', {
+            reason: 'duplicate; outcome no longer held',
+            envelope_id: env.id,
+          }),
+        );
+      case 'done':
+        this.ack(env, session, 'received');
+        this.logger.debug({ envelope_id: env.id }, 'duplicate envelope answered from the dedupe store');
+        return this.encodeOutcome(id, claim.outcome);
+      case 'pending':
+        this.ack(env, session, 'received');
+        // Undefined: the first copy was refused unprocessed, so this copy is new after all.
+        return claim.outcome.then((o) =>
+          o === undefined ? this.claim(env, key, fp, id, session, collect) : this.encodeOutcome(id, o),
+        );
+    }
   }
 
   /** A new envelope: replay checks, routing, the ack, then the handler. */
-  private admit(env: Envelope, id: JsonRpcId | undefined, session: Session, collect: boolean): Answer {
-    const replayError = this.replay?.check(env.timestamp, env.extensions);
-    if (replayError !== undefined) {
-      this.ack(env, session, 'rejected', replayError.message);
-      this.logger.warn({ envelope_id: env.id, code: replayError.code }, replayError.message);
-      return this.answer(id, replayError);
-    }
-    const key = normalizePayloadType(env.payload_type);
-    const handler = this.route(key, env as Envelope<TaskRequest>);
-    if (handler === undefined) {
-      const err = ASAPError.handlerNotFound(env.payload_type);
-      this.ack(env, session, 'rejected', err.message);
-      this.logger.warn({ envelope_id: env.id, payload_type: env.payload_type }, err.message);
-      return this.answer(id, err);
-    }
+  private admit(
+    env: Envelope,
+    key: string | undefined,
+    id: JsonRpcId | undefined,
+    session: Session,
+    collect: boolean,
+  ): Answer {
+    const replayError = this.replay?.check(env.timestamp, env.extensions, session.callerId, env.sender);
+    if (replayError !== undefined) return this.refuse(env, key, id, session, replayError);
+    const type = normalizePayloadType(env.payload_type);
+    const handler = this.route(type, env as Envelope<TaskRequest>);
+    if (handler === undefined)
+      return this.refuse(env, key, id, session, ASAPError.handlerNotFound(env.payload_type));
     this.ack(env, session, 'received');
     const started = debugEnabled(this.logger) ? performance.now() : 0;
-    const result = this.run(env, key, handler, session, id, collect);
-    if (!isPromiseLike(result)) return this.complete(env, id, session, result, started);
-    if (this.dedupe === undefined) return result.then((o) => this.complete(env, id, session, o, started));
-    const stored = this.dedupe.set(env.id, { pending: result });
-    const settled = isPromiseLike(stored) ? Promise.resolve(stored).then(() => result) : result;
-    return settled.then((o) => this.complete(env, id, session, o, started));
+    const result = this.run(env, type, handler, session, id, collect);
+    if (!isPromiseLike(result)) return this.complete(env, key, id, session, result, started);
+    return result.then((o) => this.complete(env, key, id, session, o, started));
   }
 
-  /** Records the outcome for duplicates, sends the `processed` ack, logs, and encodes the answer. */
+  /** Refused before its handler ran: the claim is given back, so a corrected resend may still run. */
+  private refuse(
+    env: Envelope,
+    key: string | undefined,
+    id: JsonRpcId | undefined,
+    session: Session,
+    err: ASAPError,
+  ): Answer {
+    const released = key === undefined ? undefined : this.dedupe!.release(key);
+    this.ack(env, session, 'rejected', err.message);
+    this.logger.warn({ envelope_id: env.id, code: err.code, payload_type: env.payload_type }, err.message);
+    const answer = this.answer(id, err);
+    return isPromiseLike(released) ? Promise.resolve(released).then(() => answer) : answer;
+  }
+
+  /** Records the outcome for duplicates (before answering), sends the `processed` ack, logs, and encodes the answer. */
   private complete(
     env: Envelope,
+    key: string | undefined,
     id: JsonRpcId | undefined,
     session: Session,
     outcome: Outcome,
     started: number,
   ): Answer {
-    const stored = this.dedupe?.set(env.id, { outcome });
+    const stored = key === undefined ? undefined : this.dedupe!.complete(key, outcome);
     if (this.processedAcks) this.ack(env, session, 'processed');
     if (started !== 0) {
       this.logger.debug(
@@ -413,7 +539,7 @@ export class Dispatcher {
   ): Outcome | Promise<Outcome> {
     const isTask = key === 'taskrequest';
     const taskId = isTask || typeof env.payload.task_id !== 'string' ? env.id : env.payload.task_id;
-    const scope = new TaskScope(env, taskId, isTask, session, this.logger, this.manifest);
+    const scope = new TaskScope(env, taskId, isTask, session, this);
     let result: HandlerResult | Promise<HandlerResult>;
     try {
       result = handler(env, scope);
@@ -475,15 +601,12 @@ export class Dispatcher {
         }),
       };
     }
-    const e = toASAPError(err);
-    if (e.code === ErrorCode.InternalError) {
-      this.logger.error(
-        { envelope_id: env.id, payload_type: env.payload_type, err: e.message },
-        'handler failed',
-      );
-    } else {
+    const e = handlerError(this.logger, err, this.exposeHandlerErrors, {
+      envelope_id: env.id,
+      payload_type: env.payload_type,
+    });
+    if (err instanceof ASAPError)
       this.logger.warn({ envelope_id: env.id, code: e.code, err: e.message }, 'handler refused the request');
-    }
     return { kind: 'error', error: e.toJSON() };
   }
 
@@ -510,7 +633,12 @@ export class Dispatcher {
     return { kind: 'result', envelope: stringifyReply(env, replyTypeFor(env.payload_type, replyType), obj) };
   }
 
-  /** Writes each chunk as it comes; the final chunk is the outcome, so a duplicate request gets it too. */
+  /**
+   * Writes each chunk as it comes; the final chunk is the outcome, so a duplicate request gets it too.
+   * Between chunks it honours the send buffer (the write's promise), the turn budget (so a
+   * generator that never awaits cannot hold the event loop) and the deadline (checked here too,
+   * since the sweep timer only runs when the loop gets a turn).
+   */
   private async pump(
     source: AsyncIterable<TaskStream | Envelope<TaskStream>>,
     env: Envelope,
@@ -528,6 +656,19 @@ export class Dispatcher {
       if (live) {
         const w = session.write(encodeEnvelopeResult(id, reply));
         if (w !== undefined) await w;
+      }
+      const pause = this.turns.pause();
+      if (pause !== undefined) await pause;
+      if (scope.done) break;
+      if (session.closed === true) {
+        // Nobody reads the rest: stop pulling. The outcome says so, for a resend after a reconnect.
+        scope.abort(PEER_GONE);
+        this.settle(scope, { kind: 'error', error: PEER_GONE.toJSON() });
+        break;
+      }
+      if (performance.now() >= scope.deadline) {
+        this.expire(scope);
+        break;
       }
     }
     return {
@@ -584,15 +725,16 @@ export class Dispatcher {
     this.sweepTimer.unref?.();
   }
 
+  /** Ends a scope at its deadline: aborted, and answered -32033. */
+  private expire(scope: TaskScope): void {
+    const err = ASAPError.timeout(`Handler exceeded its deadline for ${scope.taskId}`);
+    scope.abort(err);
+    this.settle(scope, { kind: 'error', error: err.toJSON() });
+  }
+
   private sweep(): void {
     const now = performance.now();
-    for (const scope of this.running) {
-      if (scope.deadline <= now) {
-        const err = ASAPError.timeout(`Handler exceeded its deadline for ${scope.taskId}`);
-        scope.abort(err);
-        this.settle(scope, { kind: 'error', error: err.toJSON() });
-      }
-    }
+    for (const scope of this.running) if (scope.deadline <= now) this.expire(scope);
     if (this.running.size === 0 && this.sweepTimer !== undefined) {
       clearInterval(this.sweepTimer);
       this.sweepTimer = undefined;

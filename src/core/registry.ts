@@ -43,8 +43,16 @@ export interface HandlerContext<P extends object = JsonObject> {
   readonly manifest: Manifest | undefined;
   /** Aborted by a TaskCancel for this task, by the deadline, or by shutdown. */
   readonly signal: AbortSignal;
-  /** Sends an envelope to the caller's connection now (a no-op over HTTP). Resolves once written. */
+  /**
+   * Sends an envelope to the caller's connection (a no-op over HTTP). Resolves once written, or
+   * once acknowledged when it requires an ack; rejects once the task is over (deadline, cancel).
+   */
   push(envelope: Envelope<object> | PushInit<object>): Promise<void>;
+  /**
+   * Pushes to every connection of another agent URN (on a server); resolves with how many
+   * connections it reached, rejects when none took it.
+   */
+  pushTo(agentUrn: string, envelope: Envelope<object> | PushInit<object>): Promise<number>;
   /** Builds the reply envelope to this request with the given type and payload. */
   reply<Q extends object>(payloadType: string, payload: Q): Envelope<Q>;
 }

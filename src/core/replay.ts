@@ -59,8 +59,16 @@ export class ReplayGuard {
     return Date.parse(timestamp);
   }
 
-  /** Returns the error to send back, or undefined when the envelope may pass. */
-  check(timestamp: string, extensions: Record<string, unknown> | null | undefined): ASAPError | undefined {
+  /**
+   * Returns the error to send back, or undefined when the envelope may pass. Nonces are
+   * remembered per caller (principal id and sender, §10), so one caller cannot burn another's.
+   */
+  check(
+    timestamp: string,
+    extensions: Record<string, unknown> | null | undefined,
+    callerId = '',
+    sender = '',
+  ): ASAPError | undefined {
     const now = this.clock.now();
     const t = this.parse(timestamp);
     if (Number.isNaN(t))
@@ -76,10 +84,11 @@ export class ReplayGuard {
     if (typeof nonce !== 'string' || nonce === '') {
       return new ASAPError(ErrorCode.InvalidNonce, 'extensions.nonce must be a non-empty string');
     }
-    if (this.nonces.get(nonce) !== undefined) {
+    const key = `${callerId}\u0000${sender}\u0000${nonce}`;
+    if (this.nonces.get(key) !== undefined) {
       return new ASAPError(ErrorCode.InvalidNonce, 'Nonce already used', { nonce });
     }
-    this.nonces.set(nonce, true);
+    this.nonces.set(key, true);
     return undefined;
   }
 }

@@ -89,6 +89,9 @@ export class ASAPError extends Error {
   static invalidParams(issues: ValidationIssue[], message = 'Invalid params'): ASAPError {
     return new ASAPError(ErrorCode.InvalidParams, message, { validation_errors: issues });
   }
+  static invalidState(message = 'Invalid state', data?: unknown): ASAPError {
+    return new ASAPError(ErrorCode.InvalidState, message, data);
+  }
   static internal(message = 'Internal error'): ASAPError {
     return new ASAPError(ErrorCode.InternalError, message);
   }

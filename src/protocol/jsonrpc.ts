@@ -7,6 +7,13 @@ export type JsonRpcId = string | number;
 export const METHOD_SEND = 'asap.send';
 export const METHOD_ACK = 'asap.ack';
 export const MAX_BATCH = 50;
+/**
+ * Deepest JSON nesting a frame may have, the frame itself counting as level 1 (so an envelope's
+ * `payload.input` may nest 124 levels, itself included). Deeper input is refused with -32600 before anything
+ * recursive touches it: V8's JSON.parse is iterative, but JSON.stringify, validators and user code
+ * are not, and a few thousand levels overflow the stack.
+ */
+export const MAX_JSON_DEPTH = 128;
 
 /** WebSocket subprotocol of ASAP, and the prefix of the entry that carries a bearer token for browsers. */
 export const ASAP_SUBPROTOCOL = 'asap.v1';
@@ -68,7 +75,36 @@ export function decodeFrame(text: string): Frame {
   } catch {
     return { kind: 'invalid', error: ASAPError.parse('Parse error: invalid JSON'), id: null };
   }
+  if (typeof value === 'object' && value !== null && exceedsDepth(value, MAX_JSON_DEPTH)) {
+    const rawId = Array.isArray(value) ? undefined : (value as Record<string, unknown>).id;
+    return invalid(
+      `Invalid request: JSON nested deeper than ${MAX_JSON_DEPTH} levels`,
+      isId(rawId) ? rawId : null,
+    );
+  }
   return decodeValue(value);
+}
+
+/**
+ * True when `root` nests objects or arrays deeper than `max` levels. Iterative (an explicit stack),
+ * so it is safe on any input JSON.parse accepted; it visits containers only, which makes it cheap
+ * for envelopes (a few dozen nodes) even when they carry large strings.
+ */
+export function exceedsDepth(root: object, max: number): boolean {
+  const stack: object[] = [root];
+  const depths: number[] = [1];
+  while (stack.length > 0) {
+    const node = stack.pop() as Record<string, unknown>;
+    const depth = depths.pop()!;
+    for (const key in node) {
+      const v = node[key];
+      if (typeof v !== 'object' || v === null) continue;
+      if (depth >= max) return true;
+      stack.push(v);
+      depths.push(depth + 1);
+    }
+  }
+  return false;
 }
 
 /** Like {@link decodeFrame}, for an already-parsed JSON value. */

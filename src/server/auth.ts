@@ -7,12 +7,15 @@ import { BEARER_PROTOCOL_PREFIX } from '../protocol/jsonrpc.js';
  */
 export type TokenVerifier = (token: string) => unknown | Promise<unknown>;
 
+/** Everyone who holds the static token is one principal. */
+const STATIC_PRINCIPAL = Object.freeze({ id: 'static-token' });
+
 /** A verifier that accepts exactly one static token, compared in constant time. */
 export function staticToken(expected: string): TokenVerifier {
   const want = Buffer.from(expected);
   return (token) => {
     const got = Buffer.from(token);
-    return got.length === want.length && timingSafeEqual(got, want) ? { token: 'static' } : null;
+    return got.length === want.length && timingSafeEqual(got, want) ? STATIC_PRINCIPAL : null;
   };
 }
 

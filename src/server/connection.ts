@@ -1,6 +1,8 @@
 import type { WebSocket } from 'ws';
 import { type Answer, isPromiseLike, type Session } from '../core/dispatcher.js';
+import { boundAgents, principalId } from '../core/identity.js';
 import type { Logger } from '../core/logger.js';
+import { opaqueError } from '../core/opaque-error.js';
 import { TokenBucket } from '../core/token-bucket.js';
 import { createEnvelope, type Envelope } from '../protocol/envelope.js';
 import { ASAPError, ConnectionError, ProtocolError, RequestTimeoutError } from '../protocol/errors.js';
@@ -25,6 +27,9 @@ export interface ConnectionHost {
   readonly logger: Logger;
   readonly maxInFlight: number;
   readonly highWaterMark: number;
+  /** Send-buffer size that, held for `slowConsumerGraceMs`, closes the connection (§10 slow consumers). */
+  readonly sendHardCap: number;
+  readonly slowConsumerGraceMs: number;
   readonly pushForm: 'notification' | 'result';
   readonly draining: boolean;
   readonly drainRetryAfterMs: number;
@@ -72,6 +77,19 @@ function onClose(this: WebSocket, code: number, reason: Buffer): void {
   owner(this).onClose(code, reason.toString());
 }
 
+/** Why reading from a socket is paused (bits): the in-flight cap, or a send buffer over the mark. */
+const IN_FLIGHT = 1;
+const BACKPRESSURE = 2;
+
+/** A send buffer above the high-water mark: writers wait on `drained`; `progress` says the peer read something. */
+interface Congestion {
+  drained: Promise<void>;
+  resolve: () => void;
+  timer: ReturnType<typeof setTimeout>;
+  progress: boolean;
+  overCap: boolean;
+}
+
 /** One WebSocket peer: framing, limits, backpressure, push and reverse requests. It is the dispatcher's Session. */
 export class Connection implements Session {
   readonly transport = 'websocket' as const;
@@ -85,11 +103,18 @@ export class Connection implements Session {
   /** When the server started closing it as stale (0 = not closing). */
   closingSince = 0;
   inFlight = 0;
-  private paused = false;
+  /** Every URN this connection is indexed under for push (§10: only URNs it may speak for, when bound). */
+  readonly urns: string[] = [];
+  readonly callerId: string;
+  readonly agents: ReadonlySet<string> | undefined;
+  private blocked = 0;
+  private congestion: Congestion | undefined;
   /** Frames ws delivered after the in-flight cap was reached (it emits what it had buffered before the pause). */
   private backlog: Frame[] | undefined;
   /** Set once the rate limit was exceeded: nothing more is read, and the close waits for in-flight answers. */
   private limited = false;
+  /** Set once the server closes it for a policy reason: frames still arriving are ignored. */
+  private refusing = false;
   private readonly bucket: TokenBucket | undefined;
   /** Reverse requests awaiting the client's answer; made on first use. */
   private reverse: Map<string, PendingReverse> | undefined;
@@ -102,6 +127,8 @@ export class Connection implements Session {
     private readonly host: ConnectionHost,
   ) {
     this.bucket = host.rateLimit > 0 ? new TokenBucket(host.rateLimit, host.rateLimit) : undefined;
+    this.callerId = principalId(principal);
+    this.agents = boundAgents(principal);
     // Shared listeners (no closures per connection): idle connections are many, and each byte counts.
     (socket as Owned)[OWNER] = this;
     socket.on('message', onMessage);
@@ -124,9 +151,14 @@ export class Connection implements Session {
     return this.socket.readyState === 1;
   }
 
+  /** Closing or closed: the dispatcher stops streams and pushes to it. */
+  get closed(): boolean {
+    return this.socket.readyState > 1;
+  }
+
   /** @internal */
   receive(data: Buffer | ArrayBuffer | Buffer[]): void {
-    if (this.limited) return;
+    if (this.limited || this.refusing) return;
     this.lastSeen = Date.now();
     const text = Array.isArray(data)
       ? Buffer.concat(data).toString('utf8')
@@ -134,13 +166,13 @@ export class Connection implements Session {
         ? data.toString('utf8')
         : Buffer.from(data).toString('utf8');
     if (text === PING_FRAME) {
-      this.socket.send(PONG_FRAME);
+      void this.write(PONG_FRAME);
       return;
     }
     if (text === PONG_FRAME) return;
     const frame = decodeFrame(text);
     if (frame.kind === 'heartbeat') {
-      if (frame.type === 'ping') this.socket.send(PONG_FRAME);
+      if (frame.type === 'ping') void this.write(PONG_FRAME);
       return;
     }
     if (this.bucket !== undefined && !this.bucket.take()) {
@@ -178,11 +210,8 @@ export class Connection implements Session {
     }
     this.inFlight++;
     const done = this.host.begin();
-    if (this.inFlight >= this.host.maxInFlight && !this.paused) {
-      // Backpressure: stop reading this socket until a slot frees; nothing is dropped or refused.
-      this.paused = true;
-      this.socket.pause();
-    }
+    // Stop reading this socket until a slot frees; nothing is dropped or refused.
+    if (this.inFlight >= this.host.maxInFlight) this.block(IN_FLIGHT);
     answer.then(
       (text) => {
         if (text !== undefined) this.write(text);
@@ -196,9 +225,9 @@ export class Connection implements Session {
   }
 
   private dispatchFailed(frame: Frame, err: unknown): void {
-    this.host.logger.error({ conn: this.id, err: (err as Error).message }, 'dispatch failed');
-    // (e.g. a shared dedupe store failed) A request must still get an answer.
-    if (frame.kind === 'request') this.write(encodeError(frame.id, ASAPError.internal()));
+    // (e.g. a shared dedupe store failed) A request must still get an answer, and never the cause.
+    const e = opaqueError(this.host.logger, err, { conn: this.id });
+    if (frame.kind === 'request') void this.write(encodeError(frame.id, e));
   }
 
   private settle(done: () => void): void {
@@ -209,9 +238,8 @@ export class Connection implements Session {
       this.dispatch(backlog.shift()!);
     if (this.limited) {
       if (this.inFlight === 0) this.close(1008, 'Rate limit exceeded');
-    } else if (this.paused && this.inFlight < this.host.maxInFlight) {
-      this.paused = false;
-      this.socket.resume();
+    } else if (this.inFlight < this.host.maxInFlight) {
+      this.unblock(IN_FLIGHT);
     }
   }
 
@@ -226,23 +254,104 @@ export class Connection implements Session {
   }
 
   /**
-   * Sends one encoded message. Resolves at once while the send buffer is below
-   * the high-water mark; above it, when this frame has been flushed.
+   * Sends one encoded message: every frame (replies, acks, pongs, chunks, pushes) goes through
+   * here, so the send buffer bounds them all (§10 slow consumers). Below the high-water mark it
+   * returns nothing. At or above it the connection is congested: reading stops (no new work
+   * from this peer), and the returned promise resolves once the buffer is back under the mark,
+   * so streams and push loops wait. A peer that reads nothing for the grace period, or keeps
+   * the buffer over the hard cap that long, is closed with 1008 `Slow consumer`.
    */
   write(text: string): void | Promise<void> {
-    if (this.socket.readyState !== 1) return;
-    if (this.socket.bufferedAmount < this.host.highWaterMark) {
-      this.socket.send(text);
+    const socket = this.socket;
+    if (socket.readyState !== 1) return;
+    if (this.congestion === undefined && socket.bufferedAmount + text.length < this.host.highWaterMark) {
+      socket.send(text);
       return;
     }
-    return new Promise((resolve) => this.socket.send(text, () => resolve()));
+    // The callback says when this frame left the buffer: the peer is reading.
+    socket.send(text, this.flushed);
+    const c = this.congestion ?? this.congest();
+    if (socket.bufferedAmount > this.host.sendHardCap) c.overCap = true;
+    return c.drained;
   }
 
-  onEnvelope(envelope: Envelope<object>): void {
-    if (this.agentUrn === undefined) {
-      this.agentUrn = envelope.sender;
-      this.host.identify(this, envelope.sender);
+  private congest(): Congestion {
+    let resolve!: () => void;
+    const drained = new Promise<void>((r) => {
+      resolve = r;
+    });
+    const timer = setTimeout(this.checkStall, this.host.slowConsumerGraceMs);
+    const c: Congestion = { drained, resolve, timer, progress: false, overCap: false };
+    this.congestion = c;
+    this.block(BACKPRESSURE);
+    return c;
+  }
+
+  private decongest(): void {
+    const c = this.congestion;
+    if (c === undefined) return;
+    this.congestion = undefined;
+    clearTimeout(c.timer);
+    c.resolve();
+    this.unblock(BACKPRESSURE);
+  }
+
+  /** Send callback of frames written while congested (one function per connection, not per frame). */
+  private readonly flushed = (): void => {
+    const c = this.congestion;
+    if (c === undefined) return;
+    c.progress = true;
+    const buffered = this.socket.bufferedAmount;
+    if (buffered < this.host.highWaterMark || this.socket.readyState !== 1) this.decongest();
+    else c.overCap = buffered > this.host.sendHardCap;
+  };
+
+  /** Runs every grace period while congested: no progress, or over the cap all along, closes. */
+  private readonly checkStall = (): void => {
+    const c = this.congestion;
+    if (c === undefined) return;
+    const overCap = c.overCap && this.socket.bufferedAmount > this.host.sendHardCap;
+    if (!c.progress || overCap) {
+      this.host.logger.warn(
+        { conn: this.id, agent: this.agentUrn, buffered: this.socket.bufferedAmount, stalled: !c.progress },
+        'slow consumer; closing',
+      );
+      this.refusing = true;
+      // Still not reading: what the peer sent meanwhile is dropped with the socket, not parsed.
+      // The close frame waits behind the unsent data, and the peer may never read it: do not
+      // wait for ws's 30 s close timeout either.
+      this.socket.close(1008, 'Slow consumer');
+      const t = setTimeout(() => this.terminate(), Math.min(this.host.slowConsumerGraceMs, 5000));
+      t.unref?.();
+      return;
     }
+    c.progress = false;
+    c.overCap = this.socket.bufferedAmount > this.host.sendHardCap;
+    c.timer = setTimeout(this.checkStall, this.host.slowConsumerGraceMs);
+  };
+
+  private block(reason: number): void {
+    if (this.blocked === 0) this.socket.pause();
+    this.blocked |= reason;
+  }
+
+  private unblock(reason: number): void {
+    if ((this.blocked & reason) === 0) return;
+    this.blocked &= ~reason;
+    if (this.blocked === 0) this.socket.resume();
+  }
+
+  /**
+   * Indexes the connection for push under the senders it speaks as. With a bound principal the
+   * dispatcher has already refused other senders, so each of its URNs may be indexed; without
+   * one, only the first sender is (a claim nobody can check must not grow without bound).
+   */
+  onEnvelope(envelope: Envelope<object>): void {
+    const urn = envelope.sender;
+    if (this.agentUrn === undefined) this.agentUrn = urn;
+    else if (this.agents === undefined || this.urns.includes(urn)) return;
+    this.urns.push(urn);
+    this.host.identify(this, urn);
   }
 
   onAck(envelope: Envelope<MessageAck>): void {
@@ -313,13 +422,13 @@ export class Connection implements Session {
 
   /** Sends an app-level ping (the server's heartbeat). */
   ping(): void {
-    if (this.isOpen) this.socket.send(PING_FRAME);
+    void this.write(PING_FRAME);
   }
 
   close(code = 1000, reason = ''): void {
-    if (this.paused) {
+    if (this.blocked !== 0) {
       // A paused socket would never read the peer's close frame: the close would hang until ws's 30 s timer.
-      this.paused = false;
+      this.blocked = 0;
       this.socket.resume();
     }
     if (this.socket.readyState === 0 || this.socket.readyState === 1) this.socket.close(code, reason);
@@ -336,6 +445,7 @@ export class Connection implements Session {
 
   /** @internal */
   onClose(code: number, reason: string): void {
+    this.decongest();
     for (const [key, pending] of this.reverse ?? []) {
       clearTimeout(pending.timer);
       pending.reject(new ConnectionError(`Connection closed (${code}${reason ? ` ${reason}` : ''})`));

@@ -1,9 +1,18 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Dispatcher, Session } from '../core/dispatcher.js';
+import { boundAgents, principalId } from '../core/identity.js';
 import type { Logger } from '../core/logger.js';
+import { opaqueError } from '../core/opaque-error.js';
 import { ASAPError } from '../protocol/errors.js';
 import { decodeFrame, encodeError } from '../protocol/jsonrpc.js';
 import { bearerFromHeader } from './auth.js';
+import {
+  CORS_ALLOW_HEADERS,
+  CORS_ALLOW_METHODS,
+  CORS_EXPOSE_HEADERS,
+  CORS_MAX_AGE_SECONDS,
+  type OriginPolicy,
+} from './origin.js';
 
 export interface HttpBindingHost {
   readonly dispatcher: Dispatcher;
@@ -23,6 +32,8 @@ export interface HttpBindingHost {
   health(): { status: number; body: object };
   /** Counts a request as in flight until `done` is called, so shutdown can wait for it. */
   begin(): () => void;
+  /** Which browser origins may call us (asap-wire.md §10). */
+  readonly origins: OriginPolicy;
 }
 
 const JSON_TYPE = 'application/json';
@@ -53,10 +64,47 @@ function isJsonContentType(header: string | undefined): boolean {
 export class HttpBinding {
   constructor(private readonly host: HttpBindingHost) {}
 
+  /**
+   * The Origin check of asap-wire.md §10 for a request to one of our routes
+   * (static files included): true lets it through, with CORS headers set for an
+   * allowed origin; false when it was answered here, with 403 for a foreign
+   * origin or 204 for an allowed origin's preflight. `Vary: Origin` goes on
+   * every answer to a request with Origin, since the answer depends on it.
+   * `rpc`: the request is for the JSON-RPC route, so a refusal is a JSON-RPC error.
+   */
+  admit(req: IncomingMessage, res: ServerResponse, rpc: boolean): boolean {
+    const verdict = this.host.origins.check(req);
+    if (verdict.kind === 'none') return true;
+    res.setHeader('vary', 'Origin');
+    if (verdict.kind === 'refused') {
+      this.host.logger.warn({ origin: verdict.origin, url: req.url }, 'origin not allowed');
+      req.resume();
+      const body = rpc
+        ? encodeError(null, ASAPError.invalidRequest('Origin not allowed'))
+        : JSON.stringify({ error: 'Origin not allowed' });
+      sendJson(res, 403, body);
+      return false;
+    }
+    res.setHeader('access-control-allow-origin', verdict.origin);
+    if (req.method === 'OPTIONS') {
+      res.writeHead(204, {
+        'access-control-allow-methods': CORS_ALLOW_METHODS,
+        'access-control-allow-headers': CORS_ALLOW_HEADERS,
+        'access-control-max-age': String(CORS_MAX_AGE_SECONDS),
+      });
+      res.end();
+      return false;
+    }
+    res.setHeader('access-control-expose-headers', CORS_EXPOSE_HEADERS);
+    return true;
+  }
+
   /** Serves the request when it is one of ours; false lets the caller route it elsewhere. */
   handle(req: IncomingMessage, res: ServerResponse): boolean {
     const path = (req.url ?? '/').split('?', 1)[0];
     const h = this.host;
+    const ours = path === h.rpcPath || path === h.manifestPath || path === h.healthPath;
+    if (ours && !this.admit(req, res, path === h.rpcPath)) return true;
     if (path === h.rpcPath) {
       if (req.method !== 'POST') {
         sendJson(res, 405, encodeError(null, ASAPError.invalidRequest('Use POST')), { allow: 'POST' });
@@ -124,6 +172,8 @@ export class HttpBinding {
               transport: 'http',
               interactive: false,
               principal: auth.principal,
+              callerId: principalId(auth.principal),
+              agents: boundAgents(auth.principal),
               write: noWrite,
               push: noPush,
             };
@@ -135,8 +185,8 @@ export class HttpBinding {
         sendJson(res, 200, answer);
       }
     } catch (err) {
-      h.logger.error({ err: (err as Error).message }, 'HTTP request failed');
-      if (!res.headersSent) sendJson(res, 500, encodeError(null, ASAPError.internal()));
+      const e = opaqueError(h.logger, err, { route: h.rpcPath });
+      if (!res.headersSent) sendJson(res, 500, encodeError(null, e));
     } finally {
       done();
     }

@@ -16,6 +16,7 @@ import { bearerFromHeader, bearerFromProtocols, staticToken, type TokenVerifier 
 import { Connection, type ConnectionHost, type ConnectionInfo } from './connection.js';
 import { HttpBinding, type HttpBindingHost } from './http-binding.js';
 import { buildManifest, type ManifestInit } from './manifest.js';
+import { OriginPolicy } from './origin.js';
 import { StaticFiles } from './static.js';
 
 export interface ASAPServerOptions {
@@ -42,8 +43,23 @@ export interface ASAPServerOptions {
   websocketPath?: string | false;
   /** Requests in flight per connection before the server stops reading from it (default 64). */
   maxInFlightPerConnection?: number;
-  /** Send-buffer size above which streams and pushes wait for the socket to drain (default 1 MiB). */
+  /**
+   * Send-buffer size at which a connection is congested (default 1 MiB): the server stops
+   * reading from it, and streams and pushes wait for it to drain (asap-wire.md §10).
+   */
   sendHighWaterMark?: number;
+  /** Send-buffer size a peer may not hold for longer than the grace period (default 4 × the mark). */
+  sendHardCap?: number;
+  /**
+   * How long a congested connection may read nothing, or stay over the hard cap, before it is
+   * closed with 1008 `Slow consumer` (default 30 s: long enough for a slow link or a paused
+   * browser tab to catch up, short enough that a stalled peer's buffer is soon freed).
+   */
+  slowConsumerGraceMs?: number;
+  /** Let ordinary handler error messages reach callers (default true); see {@link DispatcherOptions}. */
+  exposeHandlerErrors?: boolean;
+  /** Longest run of stream chunks or pushes before other peers get a turn (default 5 ms). */
+  yieldEveryMs?: number;
   /** Cap on open WebSocket connections; past it new ones are closed with 1013. */
   maxConnections?: number;
   /** Push as `asap.send` notifications (default) or as result frames with id null (reference Python clients). */
@@ -61,6 +77,26 @@ export interface ASAPServerOptions {
   staticDir?: string;
   /** With `staticDir`: extra URL paths mapped to single files, e.g. `{ '/asap-client.js': 'dist/browser/asap-client.js' }`. */
   staticFiles?: Record<string, string>;
+  /**
+   * Browser origins allowed besides the server's own (asap-wire.md §10), e.g.
+   * `['https://app.example']`; `'*'` allows any. Default: none, so only pages
+   * served from this server's own origin may call it. Requests without an
+   * `Origin` header (non-browser clients) are never affected.
+   */
+  allowOrigins?: readonly string[];
+  /**
+   * How long a client may take to send a request's headers (default 10 s,
+   * asap-wire.md §10): the slowloris bound. Also the deadline of a WebSocket
+   * upgrade's authentication, counted once the upgrade arrived. Applied by
+   * `listen()`; with `attach()` the caller's server keeps its own setting.
+   */
+  headersTimeoutMs?: number;
+  /**
+   * How long a client may take to send a whole request, body included
+   * (default 30 s, ≥ `headersTimeoutMs`). Applied by `listen()`; with `attach()`
+   * the caller's server keeps its own setting.
+   */
+  requestTimeoutMs?: number;
 }
 
 export interface ListenOptions {
@@ -85,6 +121,8 @@ type AuthResult = { ok: true; principal: unknown } | { ok: false; reason: string
 
 const SHUTDOWN_REASON = 'Server shutting down';
 
+const pushKey = (connection: Connection, envelopeId: string): string => `${connection.id} ${envelopeId}`;
+
 /**
  * One ASAP agent: the HTTP binding and the WebSocket binding on one HTTP
  * server, both in front of one dispatcher.
@@ -100,9 +138,14 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
   readonly websocketPath: string | undefined;
   readonly maxInFlight: number;
   readonly highWaterMark: number;
+  readonly sendHardCap: number;
+  readonly slowConsumerGraceMs: number;
   readonly pushForm: 'notification' | 'result';
   readonly rateLimit: number;
   readonly drainRetryAfterMs: number;
+  readonly origins: OriginPolicy;
+  private readonly headersTimeoutMs: number;
+  private readonly requestTimeoutMs: number;
   private readonly opts: ASAPServerOptions;
   private readonly verifier: TokenVerifier | undefined;
   private readonly http: HttpBinding;
@@ -121,6 +164,7 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
   private unhealthy = false;
   private closing: Promise<void> | undefined;
   private readonly pushAcks: AckTracker;
+  /** Pushes awaiting their ack, keyed by connection and envelope id (one push may go to several connections). */
   private readonly pushWaiters = new Map<
     string,
     { resolve: () => void; reject: (e: Error) => void; connection: Connection }
@@ -142,10 +186,17 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
     this.websocketPath = opts.websocketPath === false ? undefined : (opts.websocketPath ?? '/asap/ws');
     this.maxInFlight = opts.maxInFlightPerConnection ?? 64;
     this.highWaterMark = opts.sendHighWaterMark ?? 1024 * 1024;
+    this.sendHardCap = opts.sendHardCap ?? 4 * this.highWaterMark;
+    this.slowConsumerGraceMs = opts.slowConsumerGraceMs ?? 30_000;
     this.pushForm = opts.pushForm ?? 'notification';
     this.rateLimit = opts.rateLimit ?? 10;
     this.drainRetryAfterMs = opts.drainTimeoutMs ?? 10_000;
     this.verifier = opts.verifyToken ?? (opts.token !== undefined ? staticToken(opts.token) : undefined);
+    this.origins = new OriginPolicy({ allow: opts.allowOrigins, boundAddress: () => this.server?.address() });
+    this.headersTimeoutMs = opts.headersTimeoutMs ?? 10_000;
+    this.requestTimeoutMs = opts.requestTimeoutMs ?? 30_000;
+    if (!(this.headersTimeoutMs > 0 && this.headersTimeoutMs <= this.requestTimeoutMs))
+      throw new RangeError('headersTimeoutMs must be > 0 and <= requestTimeoutMs');
     this.dispatcher = new Dispatcher({
       registry: this.registry,
       logger: this.logger,
@@ -155,12 +206,19 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
       defaultTimeoutMs: opts.defaultTimeoutMs,
       deadlineResolutionMs: opts.deadlineResolutionMs,
       processedAcks: opts.processedAcks,
+      exposeHandlerErrors: opts.exposeHandlerErrors,
+      yieldEveryMs: opts.yieldEveryMs,
+      pushTo: (urn, envelope) => this.push(urn, envelope),
     });
     this.http = new HttpBinding(this);
     this.files =
       opts.staticDir === undefined
         ? undefined
-        : new StaticFiles({ root: opts.staticDir, files: opts.staticFiles });
+        : new StaticFiles({
+            root: opts.staticDir,
+            files: opts.staticFiles,
+            admit: (req, res) => this.http.admit(req, res, false),
+          });
     this.pushAcks = new AckTracker(opts.ack);
     if (this.websocketPath !== undefined) {
       this.wss = new WebSocketServer({
@@ -228,7 +286,14 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
 
   /** Starts an HTTP server of its own and resolves with the bound address. */
   async listen(opts: ListenOptions = {}): Promise<BoundAddress> {
-    const server = createServer({ keepAliveTimeout: 65_000 });
+    // Node checks its header and request deadlines only every connectionsCheckingInterval (30 s by
+    // default): check often enough that a slowloris socket is cut close to the deadline.
+    const server = createServer({
+      keepAliveTimeout: 65_000,
+      headersTimeout: Math.ceil(this.headersTimeoutMs),
+      requestTimeout: Math.ceil(this.requestTimeoutMs),
+      connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.floor(this.headersTimeoutMs / 2))),
+    });
     this.ownsServer = true;
     this.attach(server);
     await new Promise<void>((resolve, reject) => {
@@ -248,6 +313,11 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
   /**
    * Serves ASAP on an HTTP server the caller owns. Its existing listeners keep
    * every request and upgrade that is not ASAP's (the way engine.io attaches).
+   * The caller also owns that server's socket deadlines: set `headersTimeout`,
+   * `requestTimeout`, `keepAliveTimeout` and `connectionsCheckingInterval` on it
+   * (asap-wire.md §10 asks for 10 s / 30 s); `headersTimeoutMs` and
+   * `requestTimeoutMs` here only apply to `listen()`, except that the upgrade
+   * authentication deadline is `headersTimeoutMs` either way.
    */
   attach(server: Server): this {
     this.server = server;
@@ -360,25 +430,28 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
     set.add(connection);
   }
 
-  onAck(_connection: Connection, envelope: Envelope<MessageAck>): void {
+  onAck(connection: Connection, envelope: Envelope<MessageAck>): void {
     const { original_envelope_id: id, status, error } = envelope.payload;
     this.logger.debug({ original: id, status }, 'ack received');
-    if (!this.pushAcks.ack(id)) return;
-    const waiter = this.pushWaiters.get(id);
-    this.pushWaiters.delete(id);
+    // Only the connection a push went to can acknowledge it.
+    const key = pushKey(connection, id);
+    if (!this.pushAcks.ack(key)) return;
+    const waiter = this.pushWaiters.get(key);
+    this.pushWaiters.delete(key);
     if (status === 'rejected')
       waiter?.reject(new ASAPError(ErrorCode.InvalidRequest, error ?? 'Push rejected by the client'));
     else waiter?.resolve();
   }
 
   trackPush(connection: Connection, envelopeId: string, text: string): Promise<void> {
+    const key = pushKey(connection, envelopeId);
     return new Promise((resolve, reject) => {
-      this.pushWaiters.set(envelopeId, { resolve, reject, connection });
+      this.pushWaiters.set(key, { resolve, reject, connection });
       this.pushAcks.track(
-        envelopeId,
+        key,
         () => void connection.write(text),
         (err) => {
-          this.pushWaiters.delete(envelopeId);
+          this.pushWaiters.delete(key);
           this.logger.warn({ envelope_id: envelopeId, conn: connection.id }, 'push never acknowledged');
           reject(err);
         },
@@ -404,17 +477,20 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
       this.pushAcks.ack(id);
       waiter.reject(new ConnectionError('Connection closed before the push was acknowledged'));
     }
-    if (connection.agentUrn !== undefined) {
-      const set = this.byAgent.get(connection.agentUrn);
+    for (const urn of connection.urns) {
+      const set = this.byAgent.get(urn);
       set?.delete(connection);
-      if (set?.size === 0) this.byAgent.delete(connection.agentUrn);
+      if (set?.size === 0) this.byAgent.delete(urn);
     }
     this.logger.debug({ conn: connection.id }, 'connection closed');
   }
 
   /**
-   * Pushes an envelope to every connection of an agent; resolves with how many
-   * connections it was written to.
+   * Pushes an envelope to every connection of an agent. Resolves with how many
+   * connections took it (wrote it, or acknowledged it when it requires an ack);
+   * rejects with the first failure when there were connections and none took it.
+   * It always settles: each connection's push settles on its ack, its retries
+   * running out, or its close.
    */
   async push(
     agentUrn: string,
@@ -425,8 +501,11 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
       'id' in init && 'timestamp' in init
         ? (init as Envelope<object>)
         : createEnvelope({ sender: this.opts.manifest.id, recipient: agentUrn, ...init });
-    await Promise.all(targets.map((c) => c.push(envelope)));
-    return targets.length;
+    const results = await Promise.allSettled(targets.map((c) => c.push(envelope)));
+    let reached = 0;
+    for (const r of results) if (r.status === 'fulfilled') reached++;
+    if (reached === 0 && results.length > 0) throw (results[0] as PromiseRejectedResult).reason;
+    return reached;
   }
 
   private upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
@@ -440,6 +519,16 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
       return;
     }
     socket.on('error', ignore);
+    if (this.origins.check(req).kind === 'refused') {
+      this.logger.warn(
+        { origin: req.headers.origin, remote: req.socket.remoteAddress },
+        'websocket origin not allowed',
+      );
+      // A plain 403 before upgrading: no web page may learn more than that (asap-wire.md §10).
+      socket.once('finish', () => socket.destroy());
+      socket.end('HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      return;
+    }
     const token =
       bearerFromHeader(req.headers.authorization) ??
       bearerFromProtocols(req.headers['sec-websocket-protocol']);
@@ -464,7 +553,21 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
         return;
       }
       ws.pause();
+      // asap-wire.md §10: an upgrade that has not authenticated within the headers timeout is dropped,
+      // and the verifier's late answer is ignored.
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        this.logger.warn({ remote: req.socket.remoteAddress }, 'websocket authentication timed out');
+        ws.resume();
+        ws.close(4401, 'Authentication timeout');
+        // A peer that never answers the close frame is cut now, not after ws's 30 s close timer.
+        setTimeout(() => ws.terminate(), 1000).unref();
+      }, this.headersTimeoutMs);
+      timer.unref();
       void this.authenticate(token).then((auth) => {
+        if (timedOut) return;
+        clearTimeout(timer);
         if (!auth.ok) {
           this.logger.warn(
             { remote: req.socket.remoteAddress, reason: auth.reason },

@@ -22,6 +22,13 @@ export interface StaticFilesOptions {
   root: string;
   /** Extra URL paths mapped to single files outside the root, e.g. `{ '/asap-client.js': 'dist/browser/asap-client.js' }`. */
   files?: Record<string, string>;
+  /**
+   * Runs once a file is found, before it is sent: false means it answered the
+   * request itself (the server's Origin check, asap-wire.md §10, refuses foreign
+   * origins with 403). Checked only for files that exist, so that requests this
+   * server does not serve still reach whoever does.
+   */
+  admit: (req: IncomingMessage, res: ServerResponse) => boolean;
 }
 
 function inside(root: string, path: string): boolean {
@@ -36,11 +43,13 @@ function inside(root: string, path: string): boolean {
 export class StaticFiles {
   private readonly root: string;
   private readonly files: Map<string, string>;
+  private readonly admit: (req: IncomingMessage, res: ServerResponse) => boolean;
   private realRoot: Promise<string> | undefined;
 
   constructor(opts: StaticFilesOptions) {
     this.root = resolve(opts.root);
     this.files = new Map(Object.entries(opts.files ?? {}).map(([url, file]) => [url, resolve(file)]));
+    this.admit = opts.admit;
   }
 
   /**
@@ -58,6 +67,7 @@ export class StaticFiles {
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<boolean> {
     const file = await this.locate((req.url ?? '/').split('?', 1)[0]!);
     if (file === undefined) return false;
+    if (!this.admit(req, res)) return true;
     const type = CONTENT_TYPES[extname(file.path).toLowerCase()] ?? 'application/octet-stream';
     res.writeHead(200, {
       'content-type': type,

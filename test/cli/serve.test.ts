@@ -7,6 +7,7 @@
  */
 
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { get as httpGet } from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -101,6 +102,45 @@ async function rawSocket(
   });
   opened.push({ close: () => ws.terminate() });
   return { ws, frames, closed };
+}
+
+/**
+ * How a WebSocket upgrade with this Origin ends: `open` (then closed by us), the HTTP status of a
+ * refusal (`403`), or the close code when the server closed it right after opening (`1013`).
+ */
+function wsOutcome(url: string, origin?: string): Promise<'open' | number> {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url, { headers: origin === undefined ? {} : { origin } });
+    opened.push({ close: () => ws.terminate() });
+    let isOpen = false;
+    ws.on('error', () => {});
+    ws.on('unexpected-response', (_req, res) => {
+      resolve(res.statusCode ?? -1);
+      ws.terminate();
+    });
+    ws.on('open', () => {
+      isOpen = true;
+      // Closed by the server at once (limits), or still open a moment later: then close it.
+      setTimeout(() => {
+        resolve('open');
+        ws.close();
+      }, 300);
+    });
+    ws.on('close', (code) => {
+      if (isOpen) resolve(code);
+    });
+  });
+}
+
+/** The status of a GET with this Origin (node:http, so that the Origin header is sent as given). */
+function statusWithOrigin(url: string, origin: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = httpGet(url, { headers: { origin }, agent: false }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? -1);
+    });
+    req.on('error', reject);
+  });
 }
 
 function taskRequest(skill: string, input: JsonObject, recipient = 'urn:asap:agent:demo'): Envelope<object> {
@@ -319,6 +359,28 @@ describe('asap serve flags (child process)', () => {
     else expect(outcome.err).toBeInstanceOf(Error);
   });
 
+  it('--allow-origin lets that origin open a WebSocket, others get 403; --max-connections 2 closes the third with 1013', async () => {
+    const s = await serve(['--allow-origin', 'http://a.example', '--max-connections', '2']);
+    expect(await wsOutcome(s.ws, 'http://b.example')).toBe(403);
+    // Two connections open: the third is closed with 1013, with or without an allowed Origin.
+    const first = await rawSocket(s.ws);
+    const second = await rawSocket(s.ws);
+    expect(await wsOutcome(s.ws)).toBe(1013);
+    expect(await wsOutcome(s.ws, 'http://a.example')).toBe(1013);
+    // A foreign origin is refused with 403 before the limit is even looked at.
+    expect(await wsOutcome(s.ws, 'http://b.example')).toBe(403);
+    expect(second.ws.readyState).toBe(WebSocket.OPEN);
+    // Once a slot is free, the allowed origin gets in.
+    first.ws.close();
+    await first.closed;
+    let outcome: 'open' | number = 0;
+    for (let i = 0; i < 50 && outcome !== 'open'; i++) outcome = await wsOutcome(s.ws, 'http://a.example');
+    expect(outcome).toBe('open');
+    // HTTP follows the same allow-list.
+    expect(await statusWithOrigin(`${s.http}/.well-known/asap/health`, 'http://a.example')).toBe(200);
+    expect(await statusWithOrigin(`${s.http}/.well-known/asap/health`, 'http://b.example')).toBe(403);
+  });
+
   it('--log-level silent writes nothing to stderr; error and warn drop info logs but keep the hint', async () => {
     const [silent, error, warn] = await Promise.all([
       serve(['--log-level', 'silent', '--push-form', 'notification']),
@@ -392,6 +454,8 @@ describe('asap serve flags (child process)', () => {
       '--drain-timeout',
       '--log-level',
       '--push-form',
+      '--allow-origin',
+      '--max-connections',
     ])
       expect(sub.stdout).toContain(flag);
   });
@@ -462,6 +526,9 @@ describe('asap serve (in-process run, for coverage)', () => {
     ['--drain-timeout', '-1', /--drain-timeout must be a number > 0/],
     ['--log-level', 'loud', /Allowed choices are silent, error, warn, info, debug/],
     ['--push-form', 'xml', /Allowed choices are notification, result/],
+    ['--allow-origin', 'a.example', /--allow-origin must be \* or an origin like https:\/\/app\.example/],
+    ['--allow-origin', 'http://a.example/path', /--allow-origin must be \* or an origin/],
+    ['--max-connections', '0', /--max-connections must be an integer >= 1/],
     ['--bogus', '1', /unknown option '--bogus'/],
   ])('serve %s %s exits 2 with a message', async (flag, value, message) => {
     const before = process.listeners('SIGTERM').length;
@@ -470,6 +537,32 @@ describe('asap serve (in-process run, for coverage)', () => {
     expect(r.stderr).toMatch(message);
     expect(r.stdout).toBe('');
     expect(process.listeners('SIGTERM')).toHaveLength(before);
+  });
+
+  it('--allow-origin (repeated) and --max-connections reach the server', async () => {
+    const r = await serveInProcess(
+      [
+        '--log-level',
+        'silent',
+        '--allow-origin',
+        'http://a.example',
+        '--allow-origin',
+        'https://b.example/',
+        '--max-connections',
+        '1',
+      ],
+      'SIGTERM',
+      async (base) => {
+        const healthUrl = `${base}/.well-known/asap/health`;
+        expect(await statusWithOrigin(healthUrl, 'http://a.example')).toBe(200);
+        expect(await statusWithOrigin(healthUrl, 'https://b.example')).toBe(200);
+        expect(await statusWithOrigin(healthUrl, 'https://c.example')).toBe(403);
+        const wsUrl = `${base.replace('http:', 'ws:')}/asap/ws`;
+        await rawSocket(wsUrl);
+        expect(await wsOutcome(wsUrl, 'http://a.example')).toBe(1013);
+      },
+    );
+    expect(r.code).toBe(0);
   });
 
   it('--static DIR serves the directory and says so on stderr', async () => {

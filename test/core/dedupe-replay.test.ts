@@ -1,91 +1,140 @@
 /** MemoryDedupeStore (§6 dedupe window) and ReplayGuard (§8), with a ManualClock. */
 import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/core/clock.js';
-import { type DedupeRecord, MemoryDedupeStore, type Outcome } from '../../src/core/dedupe.js';
+import { MemoryDedupeStore, type Outcome } from '../../src/core/dedupe.js';
+import { silentLogger } from '../../src/core/logger.js';
 import { ReplayGuard } from '../../src/core/replay.js';
 import { ErrorCode } from '../../src/protocol/errors.js';
 
-const done = (n: number): DedupeRecord => ({
-  outcome: { kind: 'error', error: { code: n, message: String(n) } },
-});
+const err = (n: number): Outcome => ({ kind: 'error', error: { code: n, message: String(n) } });
+const result = (size: number): Outcome => ({ kind: 'result', envelope: 'x'.repeat(size) });
 
-describe('MemoryDedupeStore', () => {
-  it('remembers a record for its TTL, then forgets it', () => {
+/** Claims `key` as new and completes it with `outcome`. */
+function run(store: MemoryDedupeStore, key: string, outcome: Outcome, fp = 'fp'): void {
+  expect(store.claim(key, fp)).toEqual({ state: 'new' });
+  store.complete(key, outcome);
+}
+
+describe('MemoryDedupeStore (§10: claim, time-based window, byte budgets)', () => {
+  it('claims a key once: new, then done with its outcome for the window, then new again', () => {
     const clock = new ManualClock(1000);
-    const store = new MemoryDedupeStore({ ttlMs: 100, clock });
-    expect(store.get('a')).toBeUndefined();
-    store.set('a', done(1));
-    expect(store.get('a')).toEqual(done(1));
-    expect(store.size).toBe(1);
+    const store = new MemoryDedupeStore({ windowMs: 100, clock });
+    run(store, 'a', err(1));
+    expect(store.claim('a', 'fp')).toEqual({ state: 'done', outcome: err(1) });
     clock.advance(99);
-    expect(store.get('a')).toEqual(done(1));
+    expect(store.claim('a', 'fp')).toEqual({ state: 'done', outcome: err(1) });
     clock.advance(1);
-    expect(store.get('a')).toBeUndefined();
-    expect(store.size).toBe(0);
+    expect(store.claim('a', 'fp')).toEqual({ state: 'new' });
+    expect(store.snapshot()).toMatchObject({ ids: 0, pending: 1 });
   });
 
-  it('defaults to a 10 minute window', () => {
+  it('defaults to a 10 minute window, counted from completion', () => {
     const clock = new ManualClock();
     const store = new MemoryDedupeStore({ clock });
-    store.set('a', done(1));
+    expect(store.claim('a', 'fp').state).toBe('new');
+    clock.advance(5000);
+    store.complete('a', err(1));
     clock.advance(599_999);
-    expect(store.get('a')).toBeDefined();
+    expect(store.claim('a', 'fp').state).toBe('done');
     clock.advance(1);
-    expect(store.get('a')).toBeUndefined();
+    expect(store.claim('a', 'fp').state).toBe('new');
   });
 
-  it('evicts the oldest entries past maxEntries', () => {
-    const store = new MemoryDedupeStore({ maxEntries: 2, clock: new ManualClock() });
-    store.set('a', done(1));
-    store.set('b', done(2));
-    store.set('c', done(3));
-    expect(store.size).toBe(2);
-    expect(store.get('a')).toBeUndefined();
-    expect(store.get('b')).toEqual(done(2));
-    expect(store.get('c')).toEqual(done(3));
+  it('a copy that arrives while the first runs waits for its outcome', async () => {
+    const store = new MemoryDedupeStore({ clock: new ManualClock() });
+    expect(store.claim('a', 'fp').state).toBe('new');
+    const c1 = store.claim('a', 'fp');
+    const c2 = store.claim('a', 'fp');
+    expect(c1.state).toBe('pending');
+    expect(c2).toEqual(c1); // one promise for every waiting copy
+    store.complete('a', err(7));
+    expect(await (c1 as { outcome: Promise<Outcome> }).outcome).toEqual(err(7));
   });
 
-  it('drops expired entries from the old end on insert', () => {
+  it('a released claim lets its waiting copies claim again', async () => {
+    const store = new MemoryDedupeStore({ clock: new ManualClock() });
+    expect(store.claim('a', 'fp').state).toBe('new');
+    const waiting = store.claim('a', 'fp') as { outcome: Promise<Outcome | undefined> };
+    store.release('a');
+    expect(await waiting.outcome).toBeUndefined();
+    expect(store.claim('a', 'fp').state).toBe('new');
+    store.release('nothing'); // no-op
+    store.complete('nothing', err(1)); // no-op
+    expect(store.snapshot().ids).toBe(0);
+  });
+
+  it('another fingerprint under the same key is a conflict, pending or done', () => {
+    const store = new MemoryDedupeStore({ clock: new ManualClock() });
+    expect(store.claim('a', 'one').state).toBe('new');
+    expect(store.claim('a', 'two')).toEqual({ state: 'conflict' });
+    store.complete('a', err(1));
+    expect(store.claim('a', 'two')).toEqual({ state: 'conflict' });
+    expect(store.claim('a', 'one').state).toBe('done');
+  });
+
+  it('remembers 12,000 ids (never a count limit)', () => {
+    const store = new MemoryDedupeStore({ clock: new ManualClock() });
+    for (let i = 0; i < 12_000; i++) run(store, `k${i}`, err(i));
+    expect(store.claim('k0', 'fp')).toEqual({ state: 'done', outcome: err(0) });
+    expect(store.snapshot()).toMatchObject({ ids: 12_000, idsEvicted: 0, outcomesDropped: 0 });
+  });
+
+  it('drops the oldest outcomes past the outcome budget, keeping their ids: "dropped"', () => {
+    const logs: object[] = [];
+    const logger = { ...silentLogger, warn: (o: object) => logs.push(o) };
+    const store = new MemoryDedupeStore({ maxOutcomesBytes: 250, clock: new ManualClock(), logger });
+    run(store, 'a', result(100));
+    run(store, 'b', result(100));
+    run(store, 'c', result(100));
+    expect(store.claim('a', 'fp')).toEqual({ state: 'dropped' });
+    expect(store.claim('b', 'fp').state).toBe('done');
+    expect(store.claim('c', 'fp').state).toBe('done');
+    expect(store.snapshot()).toMatchObject({ ids: 3, outcomes: 2, outcomesDropped: 1 });
+    expect(logs).toHaveLength(1);
+  });
+
+  it('keeps no outcome over maxOutcomeBytes (one caller cannot flush the others)', () => {
+    const store = new MemoryDedupeStore({ maxOutcomeBytes: 50, clock: new ManualClock() });
+    run(store, 'big', result(51));
+    run(store, 'small', result(50));
+    run(store, 'none', { kind: 'none' });
+    expect(store.claim('big', 'fp')).toEqual({ state: 'dropped' });
+    expect(store.claim('small', 'fp').state).toBe('done');
+    expect(store.claim('none', 'fp')).toEqual({ state: 'done', outcome: { kind: 'none' } });
+    expect(store.snapshot().outcomesDropped).toBe(1);
+  });
+
+  it('forgets the oldest ids early past the id budget, counting and logging it (once per 10 s)', () => {
     const clock = new ManualClock();
-    const store = new MemoryDedupeStore({ ttlMs: 10, clock });
-    store.set('a', done(1));
-    store.set('b', done(2));
-    clock.advance(20);
-    store.set('c', done(3));
-    expect(store.size).toBe(1);
+    const logs: object[] = [];
+    const logger = { ...silentLogger, warn: (o: object) => logs.push(o) };
+    const store = new MemoryDedupeStore({ maxIdBytes: 1000, clock, logger });
+    for (let i = 0; i < 20; i++) run(store, `k${i}`, err(i));
+    const stats = store.snapshot();
+    expect(stats.idsEvicted).toBeGreaterThan(0);
+    expect(stats.ids + stats.idsEvicted).toBe(20);
+    expect(store.claim('k0', 'fp').state).toBe('new');
+    expect(store.claim('k19', 'fp').state).toBe('done');
+    expect(logs).toHaveLength(1);
+    clock.advance(10_000);
+    run(store, 'later', err(1));
+    expect(logs).toHaveLength(2);
   });
 
-  it('settling a pending record keeps its place and its age', async () => {
+  it('expired records leave from the old end, and the queues compact', () => {
     const clock = new ManualClock();
-    const store = new MemoryDedupeStore({ ttlMs: 100, maxEntries: 2, clock });
-    const pending: Promise<Outcome> = Promise.resolve({ kind: 'none' });
-    store.set('a', { pending });
-    expect(store.get('a')).toEqual({ pending });
-    clock.advance(60);
-    store.set('b', done(2));
-    store.set('a', done(1));
-    expect(store.get('a')).toEqual(done(1));
-    expect(store.size).toBe(2);
-    // Still the oldest: evicted first although settled last.
-    store.set('c', done(3));
-    expect(store.get('a')).toBeUndefined();
-    expect(store.get('b')).toBeDefined();
-    // And its TTL ran from the first set.
-    const s2 = new MemoryDedupeStore({ ttlMs: 100, clock });
-    s2.set('x', { pending });
-    clock.advance(60);
-    s2.set('x', done(9));
-    clock.advance(40);
-    expect(s2.get('x')).toBeUndefined();
-  });
-
-  it('deletes', () => {
-    const store = new MemoryDedupeStore();
-    store.set('a', done(1));
-    store.delete('a');
-    expect(store.get('a')).toBeUndefined();
-    store.delete('never');
-    expect(store.size).toBe(0);
+    const store = new MemoryDedupeStore({ windowMs: 10, clock });
+    for (let i = 0; i < 3000; i++) {
+      run(store, `k${i}`, err(i));
+      clock.advance(1);
+    }
+    expect(store.snapshot().ids).toBeLessThanOrEqual(11);
+    expect(store.snapshot().outcomes).toBeLessThanOrEqual(11);
+    // An expired key claimed again is new, and its stale slot is skipped later.
+    clock.advance(100);
+    expect(store.claim('k2999', 'fp').state).toBe('new');
+    store.complete('k2999', err(1));
+    expect(store.claim('k2999', 'fp').state).toBe('done');
   });
 });
 

@@ -305,17 +305,21 @@ describe('POST /asap', () => {
 
   it('answers 500 with -32603 when the dispatcher itself fails', async () => {
     const broken: DedupeStore = {
-      get: () => {
+      claim: () => {
         throw new Error('store down');
       },
-      set: () => {},
-      delete: () => {},
+      complete: () => {},
+      release: () => {},
     };
     const { url } = await startDemo({ dedupe: broken });
     const res = await post(url, encodeRequest('asap.send', { envelope: task('echo') }, 1));
     expect(res.status).toBe(500);
     const a = (await res.json()) as RpcAnswer;
-    expect(a.error).toEqual({ code: -32603, message: 'Internal error' });
+    expect(a.error).toEqual({
+      code: -32603,
+      message: 'Internal error',
+      data: { error_id: expect.any(String) },
+    });
     expect(JSON.stringify(a)).not.toContain('store down');
   });
 
@@ -441,7 +445,7 @@ describe('bearer authentication', () => {
     expect(bearerFromProtocols('asap.bearer.')).toBeUndefined();
     expect(bearerFromProtocols('asap.v1')).toBeUndefined();
     const verify = staticToken('abc');
-    expect(verify('abc')).toEqual({ token: 'static' });
+    expect(verify('abc')).toEqual({ id: 'static-token' });
     expect(verify('abd')).toBeNull();
     expect(verify('ab')).toBeNull();
   });

@@ -7,6 +7,7 @@ import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocketServer } from 'ws';
 import { createDemoAgent } from '../../src/cli/demo-agent.js';
+import { type DedupeStore, MemoryDedupeStore } from '../../src/core/dedupe.js';
 import type { Logger } from '../../src/core/logger.js';
 import { createEnvelope } from '../../src/protocol/envelope.js';
 import { ASAPServer } from '../../src/server/server.js';
@@ -379,20 +380,21 @@ describe('errors of §3 over WebSocket', () => {
   it('answers -32603 when dispatch itself fails (a shared dedupe store that is down), and keeps serving', async () => {
     const logger = recordingLogger();
     let down = true;
-    const store = {
-      get: () => (down ? Promise.reject(new Error('store unreachable')) : undefined),
-      set: () => {},
-      delete: () => {},
+    const inner = new MemoryDedupeStore();
+    const store: DedupeStore = {
+      claim: (key, fp) => (down ? Promise.reject(new Error('store unreachable')) : inner.claim(key, fp)),
+      complete: (key, outcome) => inner.complete(key, outcome),
+      release: (key) => inner.release(key),
     };
     const { wsUrl } = await startDemo({ dedupe: store, logger });
     const peer = await connect(wsUrl);
     const res = await peer.call(task('echo'), 'd1');
     expect(res.error.code).toBe(-32603);
     expect(JSON.stringify(res.error)).not.toContain('store unreachable');
-    expect(logger.lines.some((l) => l.level === 'error' && l.msg === 'dispatch failed')).toBe(true);
+    expect(logger.lines.some((l) => l.level === 'error' && l.msg === 'internal error')).toBe(true);
     // A notification that fails the same way gets nothing back.
     peer.send(rpcNotification(task('echo')));
-    const failures = () => logger.lines.filter((l) => l.msg === 'dispatch failed').length;
+    const failures = () => logger.lines.filter((l) => l.msg === 'internal error').length;
     await waitFor(() => failures() === 2, 'the notification to fail');
     down = false;
     const ok = await peer.call(task('echo', { back: true }), 'd2');

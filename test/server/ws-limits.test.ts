@@ -47,14 +47,14 @@ describe('authentication', () => {
   it('accepts the token in the Authorization header', async () => {
     const url = await whoamiServer({ token: 's3cret' });
     const peer = await connect(url, undefined, { headers: { authorization: 'Bearer s3cret' } });
-    expect(await whoami(peer)).toEqual({ token: 'static' });
+    expect(await whoami(peer)).toEqual({ id: 'static-token' });
   });
 
   it('accepts Sec-WebSocket-Protocol "asap.v1, asap.bearer.<token>" and selects asap.v1', async () => {
     const url = await whoamiServer({ token: 's3cret' });
     const peer = await connect(url, ['asap.v1', 'asap.bearer.s3cret']);
     expect(peer.ws.protocol).toBe('asap.v1');
-    expect(await whoami(peer)).toEqual({ token: 'static' });
+    expect(await whoami(peer)).toEqual({ id: 'static-token' });
   });
 
   it('closes with 4401 "Authentication required" without a token and "Invalid token" with a wrong one', async () => {

@@ -1,0 +1,91 @@
+import type { Envelope } from '../protocol/envelope.js';
+import { normalizePayloadType } from '../protocol/payloads.js';
+
+/**
+ * The content fingerprint of asap-wire.md §10: a hash of the envelope
+ * without its transport fields (id, timestamp, requires_ack, trace_id,
+ * extensions), with object keys in sorted order so a resend that re-serialises
+ * the payload in another key order still matches.
+ *
+ * It tells a retransmission from an id reused by mistake, not a forgery (the
+ * dedupe key is already scoped to the caller), so it is a fast 2 × 32-bit
+ * hash rather than a cryptographic one, and strings over 4 KiB are hashed by
+ * their length and an even sample of 4,096 characters: a 100 KB payload costs
+ * microseconds, not a full pass.
+ */
+export function fingerprint(env: Envelope<object>): string {
+  h1 = 0x811c9dc5;
+  h2 = 0x9747b28c;
+  mixString(env.sender);
+  mixString(env.recipient);
+  mixString(normalizePayloadType(env.payload_type));
+  mixString(env.correlation_id ?? '');
+  mixValue(env.payload);
+  return `${(h1 >>> 0).toString(36)}.${(h2 >>> 0).toString(36)}`;
+}
+
+const SAMPLE = 4096;
+let h1 = 0;
+let h2 = 0;
+
+function mixTag(tag: number): void {
+  h1 = Math.imul(h1 ^ tag, 16777619);
+  h2 = Math.imul(h2 ^ tag, 0x5bd1e995);
+}
+
+function mixString(s: string): void {
+  const n = s.length;
+  const step = n <= SAMPLE ? 1 : Math.ceil(n / SAMPLE);
+  let a = h1;
+  let b = h2;
+  for (let i = 0; i < n; i += step) {
+    const c = s.charCodeAt(i);
+    a = Math.imul(a ^ c, 16777619);
+    b = Math.imul(b ^ c, 0x5bd1e995);
+  }
+  h1 = Math.imul(a ^ n, 16777619);
+  h2 = Math.imul(b ^ (b >>> 13) ^ n, 0x5bd1e995);
+}
+
+/** Depth is bounded by the frame decoder (MAX_JSON_DEPTH), so the recursion is too. */
+function mixValue(v: unknown): void {
+  switch (typeof v) {
+    case 'string':
+      mixTag(1);
+      mixString(v);
+      return;
+    case 'number':
+      mixTag(2);
+      mixString(String(v));
+      return;
+    case 'boolean':
+      mixTag(v ? 3 : 4);
+      return;
+    case 'object': {
+      if (v === null) {
+        mixTag(5);
+        return;
+      }
+      if (Array.isArray(v)) {
+        mixTag(6);
+        for (let i = 0; i < v.length; i++) mixValue(v[i]);
+        mixTag(7);
+        return;
+      }
+      const obj = v as Record<string, unknown>;
+      const keys = Object.keys(obj);
+      if (keys.length > 1) keys.sort();
+      mixTag(8);
+      for (let i = 0; i < keys.length; i++) {
+        const k = keys[i]!;
+        if (obj[k] === undefined) continue;
+        mixString(k);
+        mixValue(obj[k]);
+      }
+      mixTag(9);
+      return;
+    }
+    default:
+      mixTag(10);
+  }
+}

@@ -1,0 +1,47 @@
+import { newId } from '../protocol/envelope.js';
+import { ASAPError, ErrorCode } from '../protocol/errors.js';
+import type { Logger } from './logger.js';
+
+/** Errors the JavaScript runtime itself throws: their messages describe our process, never the caller's request. */
+const RUNTIME_ERRORS: readonly (abstract new (...args: never[]) => Error)[] = [
+  TypeError,
+  RangeError,
+  ReferenceError,
+  SyntaxError,
+  EvalError,
+  URIError,
+];
+
+/**
+ * The generic -32603 a peer gets for a failure it did not cause and must not
+ * see the inside of (asap-wire.md §10 "Errors"): the message is always
+ * `Internal error`, and `data.error_id` names the log line that holds the cause.
+ */
+export function opaqueError(logger: Logger, cause: unknown, context: object = {}): ASAPError {
+  const error_id = newId();
+  logger.error(
+    {
+      ...context,
+      error_id,
+      err: cause instanceof Error ? cause.message : String(cause),
+      stack: cause instanceof Error ? cause.stack : undefined,
+    },
+    'internal error',
+  );
+  return new ASAPError(ErrorCode.InternalError, 'Internal error', { error_id });
+}
+
+/**
+ * What the caller sees of an error its handler threw: an ASAPError as it is;
+ * the message of an ordinary `Error` (or a thrown string) when `expose` is on,
+ * as the demo `fail` skill relies on; and never the text of a runtime error
+ * (`Maximum call stack size exceeded`, `Cannot read properties of undefined`, …).
+ */
+export function handlerError(logger: Logger, err: unknown, expose: boolean, context: object): ASAPError {
+  if (err instanceof ASAPError) return err;
+  if (!expose || RUNTIME_ERRORS.some((T) => err instanceof T)) return opaqueError(logger, err, context);
+  const message = err instanceof Error ? err.message : typeof err === 'string' ? err : '';
+  if (message === '') return opaqueError(logger, err, context);
+  logger.error({ ...context, err: message }, 'handler failed');
+  return ASAPError.internal(message);
+}
