@@ -115,8 +115,16 @@ for (const signal of ['SIGINT', 'SIGTERM']) {
 }
 
 /** How a server is started, for the report (the probe path relative to the repo root). */
-export function serverCommand(kind, nodeArgs = []) {
-  const argv = ['node', '--expose-gc', '--import', './bench/probe.mjs', ...nodeArgs, ...SERVERS[kind].script];
+export function serverCommand(kind, nodeArgs = [], args = []) {
+  const argv = [
+    'node',
+    '--expose-gc',
+    '--import',
+    './bench/probe.mjs',
+    ...nodeArgs,
+    ...SERVERS[kind].script,
+    ...args,
+  ];
   return pinned(SERVER_CORE, argv).join(' ');
 }
 
@@ -135,7 +143,7 @@ function waitExit(child, ms) {
  * Starts a server on the server core with the probe preloaded (bench/probe.mjs) and an IPC
  * channel, and resolves once it printed its `listening on` line.
  */
-export async function startServer(kind, { nodeArgs = [] } = {}) {
+export async function startServer(kind, { nodeArgs = [], args = [] } = {}) {
   const argv = pinned(SERVER_CORE, [
     process.execPath,
     '--expose-gc',
@@ -143,6 +151,7 @@ export async function startServer(kind, { nodeArgs = [] } = {}) {
     PROBE,
     ...nodeArgs,
     ...SERVERS[kind].script,
+    ...args,
   ]);
   const child = spawn(argv[0], argv.slice(1), {
     cwd: ROOT,
@@ -340,6 +349,183 @@ export async function measureIdle(server, stages) {
     rssMarginal: (last.rss - prev.rss) / (last.opened - prev.opened),
     heapMarginal: (last.heapUsed - prev.heapUsed) / (last.opened - prev.opened),
   };
+}
+
+/**
+ * Starts a bench client (a script in bench/ taking a JSON config) on the client core with an IPC
+ * channel. `next(type, ms)` resolves with its next message of that type, or null after `ms` or once
+ * it exited, so a server that stops answering shows up as a timeout, not a hang.
+ */
+function spawnClient(script, cfg) {
+  const argv = pinned(CLIENT_CORE, [process.execPath, join(BENCH_DIR, script), JSON.stringify(cfg)]);
+  const child = spawn(argv[0], argv.slice(1), {
+    cwd: ROOT,
+    env: CHILD_ENV,
+    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+  });
+  track(child);
+  const inbox = [];
+  const waiters = new Set();
+  const wakeAll = () => {
+    for (const w of waiters) w();
+  };
+  child.on('message', (msg) => {
+    inbox.push(msg);
+    wakeAll();
+  });
+  child.once('exit', wakeAll);
+  const gone = () => child.exitCode !== null || child.signalCode !== null;
+  return {
+    child,
+    send(msg) {
+      if (child.connected) child.send(msg);
+    },
+    async next(type, ms) {
+      const until = performance.now() + ms;
+      for (;;) {
+        const i = inbox.findIndex((m) => m?.type === type);
+        if (i !== -1) return inbox.splice(i, 1)[0];
+        const left = until - performance.now();
+        if (left <= 0 || gone()) return null;
+        await new Promise((resolve) => {
+          const t = setTimeout(done, left);
+          function done() {
+            clearTimeout(t);
+            waiters.delete(done);
+            resolve();
+          }
+          waiters.add(done);
+        });
+      }
+    },
+    async stop() {
+      this.send({ type: 'stop' });
+      if (!(await waitExit(child, 3000))) {
+        child.kill('SIGKILL');
+        await waitExit(child, 2000);
+      }
+    },
+  };
+}
+
+/**
+ * Row 8: echo latency on one connection (one echo at a time), first alone (the reference), then
+ * while another connection reads a `chunks`-chunk stream as fast as it can. Two client processes
+ * (bench/fairness-client.mjs), both connected before the stream starts. Every wait is bounded: on a
+ * server whose stream starves other connections the echo window still ends on time, and the echo
+ * left waiting is reported with its age (censored), not waited for.
+ */
+export async function measureFairness(
+  server,
+  { chunks, warmupMs, windowMs, timeoutMs, streamWarmupMs = 500 },
+) {
+  const echo = spawnClient('fairness-client.mjs', { mode: 'echo', url: server.wsUrl, timeoutMs });
+  const stream = spawnClient('fairness-client.mjs', { mode: 'stream', url: server.wsUrl, chunks });
+  const slack = 10_000;
+  const cpuPct = (c0, t0) => ((procCpuUs(server.pid) - c0) / ((performance.now() - t0) * 1000)) * 100;
+  try {
+    if ((await echo.next('ready', slack)) === null || (await stream.next('ready', slack)) === null)
+      throw new Error('fairness clients could not connect');
+    /** One echo window; `onStart` / `onEnd` run at its edges (the stream's marks). */
+    const window = async (warmup, onStart = async () => {}) => {
+      echo.send({ type: 'window', warmupMs: warmup, windowMs });
+      if ((await echo.next('start', warmup + slack)) === null) return null;
+      const c0 = procCpuUs(server.pid);
+      const t0 = performance.now();
+      await onStart();
+      const end = await echo.next('end', windowMs + slack);
+      return end === null ? null : { ...end.result, serverCpuPct: cpuPct(c0, t0) };
+    };
+    const alone = await window(warmupMs);
+    stream.send({ type: 'go' });
+    const flowing = await stream.next('flowing', slack);
+    let m0 = null;
+    const underStream =
+      flowing === null
+        ? null
+        : await window(streamWarmupMs, async () => {
+            stream.send({ type: 'mark' });
+            m0 = await stream.next('mark', slack);
+          });
+    stream.send({ type: 'mark' });
+    const m1 = await stream.next('mark', slack);
+    const chunksPerSecond =
+      m0 !== null && m1 !== null ? ((m1.count - m0.count) / (m1.at - m0.at)) * 1000 : null;
+    return {
+      alone,
+      underStream,
+      streamStarted: flowing !== null,
+      chunksPerSecond,
+      streamsCompleted: m1?.streams ?? null,
+      streamErrors: m1?.errors ?? null,
+      streamClosed: m1?.closed ?? null,
+    };
+  } finally {
+    await Promise.all([echo.stop(), stream.stop()]);
+  }
+}
+
+/**
+ * Row 9: a client that sends `requests` echo requests of `bytes` characters and never reads
+ * (bench/slow-consumer.mjs), against a fresh server; the server's VmRSS is sampled every 50 ms
+ * from before the client starts until after it is gone. `read: true` runs the same client reading,
+ * as the reference of what processing the requests alone costs.
+ */
+export async function measureSlowConsumer(server, cfg) {
+  await sleep(300);
+  await server.ask({ type: 'gc' });
+  const before = procRss(server.pid);
+  const t0 = performance.now();
+  let peak = { rss: before, atMs: 0 };
+  /** [ms, MiB] every 50 ms, for bench/out/. */
+  const series = [];
+  const sample = () => {
+    try {
+      const rss = procRss(server.pid);
+      const atMs = Math.round(performance.now() - t0);
+      series.push([atMs, Math.round((rss / 2 ** 20) * 10) / 10]);
+      if (rss > peak.rss) peak = { rss, atMs };
+    } catch {
+      // the server is gone (e.g. killed for memory): the peak so far stands
+    }
+  };
+  const timer = setInterval(sample, 50);
+  const client = spawnClient('slow-consumer.mjs', { url: server.wsUrl, ...cfg });
+  try {
+    const bound = cfg.sendMs + cfg.closeWaitMs + cfg.readMs + 10_000;
+    const open = await client.next('open', 10_000);
+    const waited = open === null ? null : await client.next('waited', bound);
+    // The peak while the client sends and does not read; its read-out afterwards is diagnostics.
+    const during = peak;
+    const end = waited === null ? null : await client.next('end', cfg.readMs + 10_000);
+    await client.stop();
+    sample();
+    // After the client is gone: the server has dropped the connection and whatever it held for it.
+    await sleep(1000);
+    sample();
+    clearInterval(timer);
+    const afterNoGc = procRss(server.pid);
+    const mem = await server.ask({ type: 'gc' }).catch(() => null);
+    return {
+      ...(end?.result ?? { failed: open === null ? 'no handshake' : 'no report' }),
+      waitedMs: waited?.ms ?? null,
+      requests: cfg.requests,
+      read: cfg.read === true,
+      rssBefore: before,
+      rssPeak: during.rss,
+      rssPeakAtMs: during.atMs,
+      rssGrowth: during.rss - before,
+      rssPeakWithReadOut: peak.rss,
+      rssAfterNoGc: afterNoGc,
+      rssAfter: procRss(server.pid),
+      heapAfter: mem?.heapUsed ?? null,
+      serverAlive: server.child.exitCode === null && server.child.signalCode === null,
+      series,
+    };
+  } finally {
+    clearInterval(timer);
+    await client.stop();
+  }
 }
 
 /** `ulimit -n` of this shell (what every child inherits). */

@@ -1,7 +1,9 @@
-// The benchmark: `npm run bench` (full, under 10 minutes) or `npm run bench -- --quick` (under 2).
+// The benchmark: `npm run bench` (full, under 10 minutes) or `npm run bench -- --quick` (under 3).
 // Compares `asap serve` with a baseline that does the least real work per round trip (JSON-RPC on
 // raw `ws` / plain `node:http`, bench/baseline-*.mjs), interleaved in one run, and writes
 // bench/RESULTS.md (machine, commands, table). Raw per-run numbers go to bench/out/ (git-ignored).
+// `--only 8,9` runs those rows alone (ids as in the table; `4` is 4a and 4b): it prints the table and
+// keeps the raw numbers but leaves RESULTS.md alone, which always holds a whole run.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -13,7 +15,9 @@ import {
   CLK_TCK,
   clientCommand,
   distDir,
+  measureFairness,
   measureIdle,
+  measureSlowConsumer,
   median,
   OUT_DIR,
   openFileLimit,
@@ -31,10 +35,50 @@ const SNAPSHOT = join(OUT_DIR, 'dist-snapshot');
 
 const quick = process.argv.includes('--quick');
 const CFG = quick
-  ? { mode: 'quick', warmupMs: 1000, windowMs: 2000, repeats: 1, idle: 1000 }
+  ? {
+      mode: 'quick',
+      warmupMs: 1000,
+      windowMs: 2000,
+      repeats: 1,
+      idle: 1000,
+      fairness: { chunks: 1_000_000, warmupMs: 1000, windowMs: 2000 },
+      // Short: a quarter of the requests, and no wait for a 30 s grace (unless the CLI can shorten it).
+      slow: { requests: 500, bytes: 100 * 1024, sendMs: 4000, closeWaitMs: 6000, readMs: 3000 },
+    }
   : // Five short interleaved repeats rather than three long ones: on a shared VM the drift between
     // repeats is the main noise, and more repeats give a steadier median (about 8 minutes in all).
-    { mode: 'full', warmupMs: 1500, windowMs: 2500, repeats: 5, idle: 5000 };
+    // Rows 8 and 9 run once, after the repeats (about 1.5 minutes more).
+    {
+      mode: 'full',
+      warmupMs: 1500,
+      windowMs: 2500,
+      repeats: 5,
+      idle: 5000,
+      fairness: { chunks: 1_000_000, warmupMs: 1500, windowMs: 4000 },
+      // The server's slow-consumer grace is 30 s from when its send buffer fills, early in the sending.
+      slow: { requests: 2000, bytes: 100 * 1024, sendMs: 30_000, closeWaitMs: 40_000, readMs: 10_000 },
+    };
+
+/** `--only 8,9` (or `--only=8,9`): the row ids to run; null runs them all. */
+const only = (() => {
+  const i = process.argv.findIndex((a) => a === '--only' || a.startsWith('--only='));
+  if (i === -1) return null;
+  const value = process.argv[i].startsWith('--only=') ? process.argv[i].slice(7) : process.argv[i + 1];
+  const ids = new Set(
+    (value ?? '')
+      .split(',')
+      .map((x) => x.trim())
+      .filter(Boolean),
+  );
+  const known = ['1', '2', '3', '4', '4a', '4b', '5', '6', '7', '8', '9'];
+  const unknown = [...ids].filter((x) => !known.includes(x));
+  if (ids.size === 0 || unknown.length > 0) {
+    process.stderr.write(`--only takes row ids among ${known.join(',')}; got ${value}\n`);
+    process.exit(2);
+  }
+  return ids;
+})();
+const want = (id) => only === null || only.has(id) || only.has(id.replace(/[ab]$/, ''));
 
 // ---- what is measured ----
 
@@ -77,6 +121,12 @@ const TARGETS = [
   { row: '6', variant: 'ours', metric: 'rate', min: 0.5, what: 'HTTP requests/s, row 6' },
 ];
 const MEMORY_TARGET_KIB = 10;
+/** Row 8: echo p99 on one connection while another reads a 1,000,000-chunk stream. */
+const FAIRNESS_TARGET_MS = 50;
+/** Row 9: peak RSS growth under a slow consumer ≤ 2 × the hard cap (4 × the 1 MiB send high-water mark). */
+const SLOW_TARGET_MIB = 2 * 4 * 1;
+/** The slow-consumer grace asked for when `asap serve` has a flag for it (row 9 then needs no 30 s wait). */
+const GRACE_S = 5;
 
 // ---- helpers ----
 
@@ -84,6 +134,14 @@ const log = (msg) => process.stderr.write(`${msg}\n`);
 const fmtInt = (n) => (n == null ? 'n/a' : Math.round(n).toLocaleString('en-US'));
 const fmt1 = (n) => (n == null ? 'n/a' : n.toFixed(1));
 const fmt2 = (n) => (n == null ? 'n/a' : `${n.toFixed(2)}×`);
+const mib = (b) => (b == null ? 'n/a' : (b / 2 ** 20).toFixed(1));
+/** A latency in µs as µs or ms; a censored one (an echo still unanswered when the window ended) as a timeout. */
+const fmtLat = (us, censored) => {
+  if (us == null) return 'n/a';
+  const ms = us / 1000;
+  const v = us < 1000 ? `${fmtInt(us)} µs` : `${ms < 100 ? ms.toFixed(ms < 10 ? 2 : 1) : fmtInt(ms)} ms`;
+  return censored ? `timeout (≥ ${v})` : v;
+};
 
 function sh(cmd, args) {
   try {
@@ -110,6 +168,54 @@ function machine() {
         : ' + uncommitted changes in src/'
     }`,
   };
+}
+
+/**
+ * The flag of `asap serve` that sets the slow-consumer grace, if its help lists one (a name with
+ * "slow" or "grace" in it), with the value for GRACE_S in the unit it names; null when there is none.
+ */
+function graceFlag() {
+  const help = sh(process.execPath, [join(ROOT, SERVERS.asap.script[0]), 'serve', '--help']);
+  const m = /(--[\w-]*(?:slow|grace)[\w-]*)\s+<([^>]+)>([^\n]*)/i.exec(help);
+  if (m === null) return null;
+  const ms = /\bms\b|milli/i.test(`${m[2]} ${m[3]}`);
+  return { flag: m[1], args: [m[1], String(ms ? GRACE_S * 1000 : GRACE_S)] };
+}
+
+/** Row 9: what became of the connection of the client that never reads. */
+function connectionOutcome(x) {
+  const s = (ms) => `${(ms / 1000).toFixed(1)} s`;
+  const st = x.state ?? {};
+  const how =
+    st.server === 'gone' && st.client === 'gone'
+      ? 'reset'
+      : st.server === 'fin-wait-1' && st.client === 'established'
+        ? 'its FIN queued behind the unread data'
+        : `server end ${st.server}, client end ${st.client}`;
+  const parts = [
+    x.closedAtMs != null
+      ? `yes, ${s(x.closedAtMs)} after the first request (${how}${x.socketEvent ? `, ${x.socketEvent}` : ''})`
+      : `no: open ${s(x.waitedMs ?? 0)} after the first request`,
+  ];
+  if (x.closeCode != null) parts.push(`close frame ${x.closeCode} "${x.closeReason}"`);
+  return parts.join('; ');
+}
+
+/** Row 9: what the client that never reads found when it read at last. */
+function readOut(x) {
+  const n = fmtInt(x.responses);
+  switch (x.readEnd) {
+    case 'all responses read':
+      return `${n} (all)`;
+    case 'close frame':
+      return `${n}, then the close frame`;
+    case 'end':
+      return `${n}, then the server's FIN (no close frame)`;
+    case 'read timeout':
+      return `${n} (still reading at the time limit)`;
+    default:
+      return `${n}, then ${x.readEnd}`;
+  }
 }
 
 /** A hash of every file under a directory, to notice when dist/ changes during the run. */
@@ -163,16 +269,18 @@ async function main() {
   const runs = {};
   const memory = { 'base-ws': [], asap: [] };
   const commands = new Map();
+  const rows = ROWS.filter((row) => want(row.id));
+  const repeats = rows.length > 0 || want('5') ? CFG.repeats : 0;
 
-  for (let r = 0; r < CFG.repeats; r++) {
+  for (let r = 0; r < repeats; r++) {
     log(`-- repeat ${r + 1}/${CFG.repeats}`);
     const servers = {};
-    for (const kind of ['base-ws', 'base-http', 'asap']) {
+    for (const kind of rows.length > 0 ? ['base-ws', 'base-http', 'asap'] : []) {
       servers[kind] = await startServer(kind);
       commands.set(SERVERS[kind].label, serverCommand(kind));
     }
     try {
-      for (const row of ROWS) {
+      for (const row of rows) {
         runs[row.id] ??= {};
         const keys = Object.keys(VARIANTS).filter((v) => !(row.http && v === 'stack'));
         for (const v of order(keys, r)) {
@@ -196,7 +304,7 @@ async function main() {
       for (const s of Object.values(servers)) await s.stop();
     }
     // Row 5: fresh servers, so the heap holds nothing from the load above.
-    for (const kind of order(['base-ws', 'asap'], r)) {
+    for (const kind of want('5') ? order(['base-ws', 'asap'], r) : []) {
       const server = await startServer(kind);
       try {
         const m = await measureIdle(server, [idle / 5, idle]);
@@ -210,7 +318,7 @@ async function main() {
       }
     }
   }
-  for (const row of ROWS) {
+  for (const row of rows) {
     const scripts = new Set(
       Object.entries(VARIANTS)
         .filter(([v]) => !(row.http && v === 'stack'))
@@ -223,18 +331,117 @@ async function main() {
       commands.set(`row ${row.id}, ${script}`, clientCommand(script, cfg));
     }
   }
-  commands.set(
-    'row 5, load-client.mjs',
-    clientCommand('load-client.mjs', {
-      mode: 'idle',
-      url: 'ws://HOST:PORT/asap/ws',
-      stages: [idle / 5, idle],
-    }),
-  );
+  if (want('5'))
+    commands.set(
+      'row 5, load-client.mjs',
+      clientCommand('load-client.mjs', {
+        mode: 'idle',
+        url: 'ws://HOST:PORT/asap/ws',
+        stages: [idle / 5, idle],
+      }),
+    );
+
+  // ---- rows 8 and 9: once each, after the repeats, each measurement on a fresh server ----
+  const fairnessCfg = { ...CFG.fairness, timeoutMs: 2 * FAIRNESS_TARGET_MS };
+  /** fairness[kind]: echo alone and under the stream (bench/harness.mjs measureFairness). */
+  const fairness = {};
+  for (const kind of want('8') ? ['base-ws', 'asap'] : []) {
+    const server = await startServer(kind);
+    commands.set(SERVERS[kind].label, serverCommand(kind));
+    try {
+      const f = await measureFairness(server, fairnessCfg);
+      fairness[kind] = f;
+      const lat = (x) =>
+        x === null ? 'no answer' : `${fmtLat(x.p50Us, x.p50Censored)} / ${fmtLat(x.p99Us, x.p99Censored)}`;
+      log(
+        `row 8  ${kind.padEnd(24)} echo p50 / p99 alone ${lat(f.alone)}, under the stream ${lat(f.underStream)}; ` +
+          `stream ${fmtInt(f.chunksPerSecond)} chunks/s`,
+      );
+    } catch (err) {
+      fairness[kind] = { failed: err.message };
+      notes.push(`Row 8, ${SERVERS[kind].label}: ${err.message}.`);
+    } finally {
+      // A server whose stream holds its event loop heeds SIGTERM only once the stream ends: no long grace.
+      await server.stop(2000);
+    }
+  }
+  if (want('8')) {
+    commands.set(
+      'row 8, fairness-client.mjs (echo)',
+      clientCommand('fairness-client.mjs', {
+        mode: 'echo',
+        url: 'ws://HOST:PORT/asap/ws',
+        timeoutMs: fairnessCfg.timeoutMs,
+      }),
+    );
+    commands.set(
+      'row 8, fairness-client.mjs (stream)',
+      clientCommand('fairness-client.mjs', {
+        mode: 'stream',
+        url: 'ws://HOST:PORT/asap/ws',
+        chunks: fairnessCfg.chunks,
+      }),
+    );
+  }
+
+  /** slow.never (the client never reads) and slow.reads (the reference: it reads). */
+  const slow = {};
+  const grace = want('9') ? graceFlag() : null;
+  // With a flag for the grace, a short one, and a wait to match; otherwise the default 30 s grace.
+  const slowCfg =
+    grace === null
+      ? CFG.slow
+      : {
+          ...CFG.slow,
+          sendMs: Math.min(CFG.slow.sendMs, (GRACE_S + 10) * 1000),
+          closeWaitMs: (GRACE_S + 10) * 1000,
+        };
+  const slowArgs = grace?.args ?? [];
+  const slowRuns = {
+    never: { ...slowCfg, read: false },
+    // The reference reads everything: time enough for all of it, whatever the mode.
+    reads: {
+      ...slowCfg,
+      read: true,
+      sendMs: Math.max(slowCfg.sendMs, 15_000),
+      readMs: Math.max(slowCfg.readMs, 15_000),
+    },
+  };
+  for (const [key, cfg] of want('9') ? Object.entries(slowRuns) : []) {
+    const server = await startServer('asap', { args: slowArgs });
+    try {
+      const x = await measureSlowConsumer(server, cfg);
+      slow[key] = x;
+      log(
+        `row 9  ${(key === 'never' ? 'client never reads' : 'client reads (reference)').padEnd(24)} ` +
+          `wrote ${fmtInt(x.queued)}/${fmtInt(x.requests)}, RSS ${mib(x.rssBefore)} MiB, peak +${mib(x.rssGrowth)} MiB, ` +
+          `after ${mib(x.rssAfter)} MiB; ${key === 'never' ? connectionOutcome(x) : `${fmtInt(x.responses)} responses read`}`,
+      );
+    } catch (err) {
+      slow[key] = { failed: err.message };
+      notes.push(`Row 9 (${key}): ${err.message}.`);
+    } finally {
+      await server.stop();
+    }
+  }
+  if (want('9')) {
+    if (grace === null && slowCfg.closeWaitMs < 35_000)
+      notes.push(
+        `Row 9 waits ${slowCfg.closeWaitMs / 1000} s for the server to end the connection, less than its 30 s slow-consumer grace: no close is expected in ${CFG.mode} mode.`,
+      );
+    if (slowArgs.length > 0)
+      commands.set(`${SERVERS.asap.label} (row 9)`, serverCommand('asap', [], slowArgs));
+    else commands.set(SERVERS.asap.label, serverCommand('asap'));
+    for (const [key, cfg] of Object.entries(slowRuns))
+      commands.set(
+        `row 9${key === 'reads' ? ' reference' : ''}, slow-consumer.mjs`,
+        clientCommand('slow-consumer.mjs', { url: 'ws://HOST:PORT/asap/ws', ...cfg }),
+      );
+  }
 
   // ---- aggregate: medians over repeats; ratios are medians of the per-repeat ratios ----
   const agg = {};
-  for (const row of ROWS) {
+  for (const row of rows) {
     agg[row.id] = {};
     for (const [v, list] of Object.entries(runs[row.id])) {
       const base = runs[row.id].base;
@@ -280,7 +487,7 @@ async function main() {
     );
   }
   const mem = {};
-  for (const [kind, list] of Object.entries(memory)) {
+  for (const [kind, list] of want('5') ? Object.entries(memory) : []) {
     mem[kind] = {
       opened: median(list.map((m) => m.opened)),
       rssPerConn: median(list.map((m) => m.rssPerConn)),
@@ -298,11 +505,18 @@ async function main() {
     const ok = t.max !== undefined ? value <= t.max : value >= t.min;
     return { ...t, value, ok, limit: t.max !== undefined ? `≤ ${t.max}×` : `≥ ${t.min}×` };
   };
-  const checks = TARGETS.map(check);
+  const checks = TARGETS.filter((t) => want(t.row)).map(check);
   const targetOf = (rowId, v, metric) =>
     checks.find((c) => c.row === rowId && c.variant === v && c.metric === metric);
   const mark = (c) => (c === undefined ? '' : ` (${c.limit} ${c.ok ? '✓' : '✗'})`);
-  const memOk = mem.asap.rssPerConn / 1024 <= MEMORY_TARGET_KIB;
+  const memOk = want('5') && mem.asap.rssPerConn / 1024 <= MEMORY_TARGET_KIB;
+  // Row 8: asap serve's echo p99 under the stream; a censored p99 is at least that, so it counts as is.
+  const under = fairness.asap?.underStream ?? null;
+  const fairP99Ms = under === null || under.p99Us == null ? null : under.p99Us / 1000;
+  const fairOk = fairP99Ms !== null && fairP99Ms <= FAIRNESS_TARGET_MS;
+  const growthMiB = slow.never?.rssGrowth == null ? null : slow.never.rssGrowth / 2 ** 20;
+  const slowOk = growthMiB !== null && growthMiB <= SLOW_TARGET_MIB;
+  const okMark = (ok) => (ok ? '✓' : '✗');
 
   // ---- tables ----
   const lines = [];
@@ -310,7 +524,7 @@ async function main() {
     '| row | scenario | server ← client | rt/s | × base | p50 µs | p99 µs | server CPU µs/rt | × base | server CPU % | client CPU µs/rt | client CPU % | other CPU % |',
     '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   );
-  for (const row of ROWS) {
+  for (const row of rows) {
     for (const v of Object.keys(VARIANTS)) {
       const a = agg[row.id][v];
       if (a === undefined) continue;
@@ -333,21 +547,103 @@ async function main() {
     `| 5 | ${name} | ${fmtInt(m.opened)} | ${kib(m.rssPerConn)} | ${isBase ? '1' : fmt2(m.rssRatio)} | ` +
     `${kib(m.heapPerConn)} | ${kib(m.rssMarginal)} | ${kib(m.heapMarginal)} | ` +
     `${isBase ? '' : `≤ ${MEMORY_TARGET_KIB} KiB ${memOk ? '✓' : '✗'}`} |`;
-  const memLines = [
-    '| row | server | idle connections | RSS KiB/conn | × base | V8 heap KiB/conn (after GC) | marginal RSS KiB/conn | marginal heap KiB/conn | target |',
-    '|---|---|---:|---:|---:|---:|---:|---:|---|',
-    memRow('baseline ws', mem['base-ws'], true),
-    memRow('asap serve', mem.asap, false),
-  ];
+  const memLines = want('5')
+    ? [
+        '| row | server | idle connections | RSS KiB/conn | × base | V8 heap KiB/conn (after GC) | marginal RSS KiB/conn | marginal heap KiB/conn | target |',
+        '|---|---|---:|---:|---:|---:|---:|---:|---|',
+        memRow('baseline ws', mem['base-ws'], true),
+        memRow('asap serve', mem.asap, false),
+      ]
+    : [];
+
+  const fairLines = [];
+  if (want('8')) {
+    fairLines.push(
+      '| row | scenario | server ← clients | echo p50 | echo p99 | echo max | echoes answered | stream chunks/s | server CPU % | target |',
+      '|---|---|---|---:|---:|---:|---:|---:|---:|---|',
+    );
+    for (const kind of ['base-ws', 'asap']) {
+      const f = fairness[kind];
+      const label = kind === 'asap' ? 'asap serve ← raw clients' : 'baseline ws ← raw clients';
+      if (f === undefined || f.failed !== undefined) {
+        fairLines.push(
+          `| 8 | echo, alone and under the stream | ${label} | failed: ${f?.failed ?? 'not run'} | | | | | | |`,
+        );
+        continue;
+      }
+      for (const [scenario, x, stream] of [
+        ['echo, 1 in flight, alone (reference)', f.alone, false],
+        [
+          `echo, 1 in flight, while another connection reads a ${fmtInt(fairnessCfg.chunks)}-chunk stream`,
+          f.underStream,
+          true,
+        ],
+      ]) {
+        const target = stream && kind === 'asap' ? `p99 ≤ ${FAIRNESS_TARGET_MS} ms ${okMark(fairOk)}` : '';
+        if (x === null) {
+          const why =
+            stream && !f.streamStarted
+              ? 'the stream did not start'
+              : 'no window (the echo client did not report)';
+          fairLines.push(`| 8 | ${scenario} | ${label} | ${why} | | | | | | ${target} |`);
+          continue;
+        }
+        fairLines.push(
+          `| 8 | ${scenario} | ${label} | ${fmtLat(x.p50Us, x.p50Censored)} | ${fmtLat(x.p99Us, x.p99Censored)} | ` +
+            `${fmtLat(x.maxUs, false)} | ${fmtInt(x.count)} in ${fmt1(x.elapsedMs / 1000)} s | ` +
+            `${stream ? fmtInt(f.chunksPerSecond) : ''} | ${fmtInt(x.serverCpuPct)} | ${target} |`,
+        );
+      }
+    }
+  }
+
+  const slowLines = [];
+  if (want('9')) {
+    slowLines.push(
+      '| row | client | requests written (100 KiB each) | server RSS before, MiB | peak RSS growth, MiB | RSS after the client is gone (after GC), MiB | did the server end the connection? | responses read afterwards | target |',
+      '|---|---|---:|---:|---:|---:|---|---|---|',
+    );
+    for (const key of ['never', 'reads']) {
+      const x = slow[key];
+      const name = key === 'never' ? 'never reads' : 'reads everything (reference)';
+      const target = key === 'never' ? `≤ ${SLOW_TARGET_MIB} MiB ${okMark(slowOk)}` : '';
+      if (x === undefined || x.failed !== undefined) {
+        slowLines.push(`| 9 | ${name} | failed: ${x?.failed ?? 'not run'} | | | | | | ${target} |`);
+        continue;
+      }
+      slowLines.push(
+        `| 9 | ${name} | ${fmtInt(x.queued)} of ${fmtInt(x.requests)}${x.stalled ? ' (then the server stopped reading)' : ''} | ` +
+          `${mib(x.rssBefore)} | +${mib(x.rssGrowth)} | ${mib(x.rssAfter)} | ${key === 'never' ? connectionOutcome(x) : 'n/a'} | ` +
+          `${key === 'never' ? readOut(x) : fmtInt(x.responses)} | ${target} |`,
+      );
+    }
+  }
+
   const targetLines = [
     '| target | measured | limit | |',
     '|---|---:|---:|---|',
     ...checks.map(
       (c) => `| ${c.what} | ${c.value.toFixed(2)}× baseline | ${c.limit} | ${c.ok ? '✓' : '✗'} |`,
     ),
-    `| RSS per idle connection (asap serve, ${fmtInt(mem.asap.opened)} conns) | ${fmt1(mem.asap.rssPerConn / 1024)} KiB | ≤ ${MEMORY_TARGET_KIB} KiB | ${memOk ? '✓' : '✗'} |`,
   ];
-  const table = [...lines, '', ...memLines, '', ...targetLines].join('\n');
+  if (want('5'))
+    targetLines.push(
+      `| RSS per idle connection (asap serve, ${fmtInt(mem.asap.opened)} conns) | ${fmt1(mem.asap.rssPerConn / 1024)} KiB | ≤ ${MEMORY_TARGET_KIB} KiB | ${okMark(memOk)} |`,
+    );
+  if (want('8'))
+    targetLines.push(
+      `| echo p99 on one connection while another reads a ${fmtInt(fairnessCfg.chunks)}-chunk stream (asap serve) | ` +
+        `${under === null ? 'n/a' : fmtLat(under.p99Us, under.p99Censored)} | ≤ ${FAIRNESS_TARGET_MS} ms | ${okMark(fairOk)} |`,
+    );
+  if (want('9'))
+    targetLines.push(
+      `| peak RSS growth, a client sending ${fmtInt(slowCfg.requests)} × 100 KiB echoes that never reads (asap serve) | ` +
+        `${growthMiB === null ? 'n/a' : `${growthMiB.toFixed(1)} MiB`} | ≤ ${SLOW_TARGET_MIB} MiB (2 × the 4 MiB hard cap) | ${okMark(slowOk)} |`,
+    );
+  const table = [rows.length > 0 ? lines : [], memLines, fairLines, slowLines, targetLines]
+    .filter((t) => t.length > 0)
+    .map((t) => t.join('\n'))
+    .join('\n\n');
 
   const loadEnd = os.loadavg();
   if (treeHash(join(ROOT, 'dist')).digest('hex') !== distHash) {
@@ -391,6 +687,16 @@ each; client CPU µs/rt is the load generator's own cost per round trip. "Other 
 two benchmark cores during the window (other processes on this shared machine, plus interrupt time not charged
 to either process), as a share of both cores: when it is high, the servers were preempted and the absolute
 numbers are low; the interleaved ratios are less affected.
+
+Row 8 (fairness): echo round-trip latency on one connection, one echo at a time, first alone (the reference),
+then while a second connection reads a stream of ${fmtInt(fairnessCfg.chunks)} chunks (\`stream\` skill,
+\`interval_ms: 0\`) as fast as it can; "stream chunks/s" is what that stream achieved during the echo window.
+An echo still unanswered when the window ends counts as a sample of its age so far once older than
+${fairnessCfg.timeoutMs} ms, shown as "timeout (≥ …)": the window ends on time even when the server answers
+nothing. Row 9 (slow consumer): a client sends ${fmtInt(slowCfg.requests)} echo requests with 100 KiB of input each
+and never reads; "peak RSS growth" is the server's highest VmRSS while it sends and waits, less its VmRSS
+before; the reference client sends the same and reads everything (what processing the requests costs on its
+own). Rows 8 and 9 run once, after the repeats, each measurement on a fresh server.
 ${notes.length > 0 ? `\n${notes.map((n) => `**Note:** ${n}`).join('\n\n')}\n` : ''}
 ## Method
 
@@ -426,6 +732,24 @@ ${notes.length > 0 ? `\n${notes.map((n) => `**Note:** ${n}`).join('\n\n')}\n` : 
   growth (V8 young generation, code) that the plain average spreads over the connections.
 - \`asap serve\` and the ASAPClient load generator run from a copy of dist/ taken when the run starts
   (\`bench/out/dist-snapshot/\`), so a rebuild of dist/ by someone else cannot change the code between repeats.
+- Fairness (row 8): two processes of \`bench/fairness-client.mjs\` on the client core, both connected before
+  the stream starts (a server that does not share its event loop may accept nothing while it streams): one sends
+  echoes one at a time (the standard envelope), the other asks for the stream and counts the frames it reads
+  without parsing them (a frame with \`"final":true\` ends it and it asks for another). Echo alone:
+  ${fairnessCfg.warmupMs / 1000} s warm-up, ${fairnessCfg.windowMs / 1000} s window; then the stream starts and,
+  once its first frame arrives, 0.5 s warm-up and a ${fairnessCfg.windowMs / 1000} s window. The orchestrator asks
+  the stream client for its count at the edges of that window. Both the baseline ws server and \`asap serve\`;
+  each server is stopped afterwards (SIGKILL 2 s after SIGTERM when its event loop does not come back).
+- Slow consumer (row 9): \`bench/slow-consumer.mjs\` speaks WebSocket over a raw \`net\` socket (handshake and
+  masked frames of its own), pauses the socket right after the handshake and writes the
+  ${fmtInt(slowCfg.requests)} requests (\`{"data": "xxx…"}\`, 102,400 characters) as fast as the socket takes them,
+  for at most ${slowCfg.sendMs / 1000} s (a server that stops reading stalls it). It then watches both ends of its
+  connection in \`/proc/net/tcp\` (no read needed: a reset removes both; a server that closes with its answers
+  still unsent leaves its end in FIN-WAIT-1, the FIN queued behind them, while the client's end stays open) until
+  ${slowCfg.closeWaitMs / 1000} s after its first write${grace === null ? ` (\`asap serve\` has no flag for the slow-consumer grace, 30 s by default)` : ` (the server runs with \`${grace.args.join(' ')}\`)`},
+  and finally reads what it was sent, for at most ${slowCfg.readMs / 1000} s, to count the responses and find a close
+  frame's code and reason. The orchestrator reads the server's VmRSS every 50 ms from before the client starts;
+  "RSS after" is read 1 s after the client process has exited, after a forced GC (probe).
 - Profile of \`asap serve\` under row 3: \`node bench/profile.mjs\` (see that file).
 
 ## Commands
@@ -436,14 +760,35 @@ ${notes.length > 0 ? `\n${notes.map((n) => `**Note:** ${n}`).join('\n\n')}\n` : 
 
 ${cmdLines.join('\n')}
 `;
-  writeFileSync(join(BENCH_DIR, 'RESULTS.md'), md);
+  // RESULTS.md holds whole runs only; a run of some rows (--only) leaves it as it is.
+  if (only === null) writeFileSync(join(BENCH_DIR, 'RESULTS.md'), md);
   mkdirSync(OUT_DIR, { recursive: true });
-  const rawFile = join(OUT_DIR, `results-${CFG.mode}-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  const tag = only === null ? CFG.mode : `${CFG.mode}-only-${[...only].join('_')}`;
+  const rawFile = join(OUT_DIR, `results-${tag}-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   writeFileSync(
     rawFile,
-    JSON.stringify({ cfg: CFG, info, pinning, runs, memory, agg, mem, checks }, null, 2),
+    JSON.stringify(
+      {
+        cfg: CFG,
+        only: only && [...only],
+        info,
+        pinning,
+        runs,
+        memory,
+        agg,
+        mem,
+        checks,
+        fairness,
+        slow,
+        grace,
+      },
+      null,
+      2,
+    ),
   );
-  log(`\nwrote bench/RESULTS.md and ${rawFile.slice(ROOT.length + 1)} in ${minutes} min`);
+  log(
+    `\nwrote ${only === null ? 'bench/RESULTS.md and ' : ''}${rawFile.slice(ROOT.length + 1)} in ${minutes} min`,
+  );
 }
 
 main().then(
