@@ -4,5 +4,10 @@ export * from '../protocol/index.js';
 export * from './client.js';
 export * from './http-transport.js';
 export * from './pool.js';
-export * from './runtime.js';
+export {
+  browserWebSocketFactory,
+  type WebSocketConnectOptions,
+  type WebSocketFactory,
+  type WebSocketLike,
+} from './runtime.js';
 export * from './websocket-transport.js';

@@ -1,8 +1,13 @@
-import './node-runtime.js';
-
+// Node entry of the client. It installs nothing on import: a transport given no factory picks `ws`
+// in Node the first time it opens a socket (see runtime.ts).
 export * from './client.js';
 export * from './http-transport.js';
 export { nodeWebSocketFactory } from './node-runtime.js';
 export * from './pool.js';
-export * from './runtime.js';
+export {
+  browserWebSocketFactory,
+  type WebSocketConnectOptions,
+  type WebSocketFactory,
+  type WebSocketLike,
+} from './runtime.js';
 export * from './websocket-transport.js';

@@ -1,4 +1,5 @@
 /**
+ * @internal
  * A single-consumer async queue: producers push, the consumer iterates.
  * Used for streamed chunks and for `receive()` of pushed envelopes.
  */

@@ -32,7 +32,8 @@ export type Claim =
  * exactly one gets `new`. Results may be promises, so a shared store fits.
  */
 export interface DedupeStore {
-  claim(key: string, fingerprint: string): Claim | Promise<Claim>;
+  /** `fingerprint`: a 53-bit content hash (see `fingerprint()`); a shared store may keep it as text. */
+  claim(key: string, fingerprint: number): Claim | Promise<Claim>;
   /** Records the outcome of a `new` claim; copies waiting on it get it. */
   complete(key: string, outcome: Outcome): void | Promise<void>;
   /** Gives a `new` claim back unprocessed (the envelope was refused before its handler ran). */
@@ -77,20 +78,25 @@ const ENTRY_OVERHEAD = 160;
 /** Early evictions are logged at most this often (they come in floods). */
 const LOG_EVERY_MS = 10_000;
 
-interface Done {
+/**
+ * One remembered envelope. Pending while its handler runs (then in no queue, never evicted:
+ * its copies wait on it); once completed, in the expiry queue and, while it holds its outcome,
+ * in the outcome queue.
+ */
+interface Entry {
   key: string;
-  fingerprint: string;
-  /** Undefined once dropped by the outcome budget. */
+  fingerprint: number;
+  pending: boolean;
+  /** Made on the first copy that has to wait, so the usual request allocates no promise. */
+  waiters: { promise: Promise<Outcome | undefined>; resolve: (o: Outcome | undefined) => void } | undefined;
+  /** Undefined while pending, and once dropped by the outcome budget. */
   outcome: Outcome | undefined;
   outcomeBytes: number;
   expires: number;
 }
 
-interface Pending {
-  fingerprint: string;
-  /** Made on the first duplicate that has to wait, so the usual request allocates no promise. */
-  waiters?: { promise: Promise<Outcome | undefined>; resolve: (o: Outcome | undefined) => void };
-}
+/** Bookkeeping bytes of a remembered id: the entry, its map slot and queue slot, and its key (UTF-16 at worst). */
+const idSize = (entry: Entry): number => ENTRY_OVERHEAD + 2 * entry.key.length;
 
 const NEW: Claim = { state: 'new' };
 const DROPPED: Claim = { state: 'dropped' };
@@ -108,19 +114,18 @@ function outcomeSize(outcome: Outcome): number {
 }
 
 /**
- * In memory, within one process. Envelopes being processed sit in a small
- * map of their own (never evicted: their copies wait on them); processed
- * ones are remembered for the window from completion, in completion order,
- * so expiry and budget eviction both take from the head of one queue.
+ * In memory, within one process. One map holds every entry; processed ones
+ * are remembered for the window from completion, in completion order, so
+ * expiry and budget eviction both take from the head of one queue.
  */
 export class MemoryDedupeStore implements DedupeStore {
-  private readonly pending = new Map<string, Pending>();
-  private readonly done = new Map<string, Done>();
-  /** Processed records in completion order (= expiry order); `head` is the oldest live slot. */
-  private queue: Done[] = [];
+  private readonly entries = new Map<string, Entry>();
+  private pendingCount = 0;
+  /** Processed entries in completion order (= expiry order); `head` is the oldest live slot. */
+  private queue: Entry[] = [];
   private head = 0;
-  /** Records still holding an outcome, oldest first. */
-  private held: Done[] = [];
+  /** Entries still holding an outcome, oldest first. */
+  private held: Entry[] = [];
   private heldHead = 0;
   private idBytes = 0;
   private outcomeBytes = 0;
@@ -142,86 +147,93 @@ export class MemoryDedupeStore implements DedupeStore {
     this.logger = opts.logger ?? silentLogger;
   }
 
-  claim(key: string, fingerprint: string): Claim {
-    const done = this.done.get(key);
-    if (done !== undefined) {
-      if (done.expires > this.clock.now()) {
-        if (done.fingerprint !== fingerprint) return CONFLICT;
-        return done.outcome === undefined ? DROPPED : { state: 'done', outcome: done.outcome };
-      }
-      this.forget(done);
-    }
-    const pending = this.pending.get(key);
-    if (pending !== undefined) {
-      if (pending.fingerprint !== fingerprint) return CONFLICT;
-      if (pending.waiters === undefined) {
+  claim(key: string, fingerprint: number): Claim {
+    const entry = this.entries.get(key);
+    if (entry === undefined) return this.begin(key, fingerprint);
+    if (entry.pending) {
+      if (entry.fingerprint !== fingerprint) return CONFLICT;
+      if (entry.waiters === undefined) {
         let resolve!: (o: Outcome | undefined) => void;
         const promise = new Promise<Outcome | undefined>((r) => {
           resolve = r;
         });
-        pending.waiters = { promise, resolve };
+        entry.waiters = { promise, resolve };
       }
-      return { state: 'pending', outcome: pending.waiters.promise };
+      return { state: 'pending', outcome: entry.waiters.promise };
     }
-    this.pending.set(key, { fingerprint });
-    return NEW;
+    if (entry.expires <= this.clock.now()) {
+      this.forget(entry);
+      return this.begin(key, fingerprint);
+    }
+    if (entry.fingerprint !== fingerprint) return CONFLICT;
+    return entry.outcome === undefined ? DROPPED : { state: 'done', outcome: entry.outcome };
   }
 
   complete(key: string, outcome: Outcome): void {
-    const pending = this.pending.get(key);
-    if (pending === undefined) return;
-    this.pending.delete(key);
-    pending.waiters?.resolve(outcome);
+    const entry = this.entries.get(key);
+    if (entry === undefined || !entry.pending) return;
+    entry.pending = false;
+    this.pendingCount--;
+    entry.waiters?.resolve(outcome);
+    entry.waiters = undefined;
     const now = this.clock.now();
+    entry.expires = now + this.windowMs;
+    this.queue.push(entry);
+    this.idBytes += idSize(entry);
     const size = outcomeSize(outcome);
-    const keep = size <= this.maxOutcomeBytes;
-    const rec: Done = {
-      key,
-      fingerprint: pending.fingerprint,
-      outcome: keep ? outcome : undefined,
-      outcomeBytes: keep ? size : 0,
-      expires: now + this.windowMs,
-    };
-    if (!keep) this.stats.outcomesDropped++;
-    this.done.set(key, rec);
-    this.queue.push(rec);
-    this.idBytes += this.idSize(rec);
-    if (keep) {
-      this.held.push(rec);
+    if (size <= this.maxOutcomeBytes) {
+      entry.outcome = outcome;
+      entry.outcomeBytes = size;
+      this.held.push(entry);
       this.outcomeBytes += size;
       this.stats.outcomes++;
+    } else {
+      this.stats.outcomesDropped++;
     }
     this.evict(now);
   }
 
   release(key: string): void {
-    const pending = this.pending.get(key);
-    if (pending === undefined) return;
-    this.pending.delete(key);
-    pending.waiters?.resolve(undefined);
+    const entry = this.entries.get(key);
+    if (entry === undefined || !entry.pending) return;
+    this.entries.delete(key);
+    this.pendingCount--;
+    entry.waiters?.resolve(undefined);
   }
 
   /** Refreshes and returns the counters. */
   snapshot(): DedupeStats {
-    this.stats.ids = this.done.size;
-    this.stats.pending = this.pending.size;
+    this.stats.ids = this.entries.size - this.pendingCount;
+    this.stats.pending = this.pendingCount;
     return { ...this.stats };
   }
 
-  private idSize(rec: Done): number {
-    return ENTRY_OVERHEAD + 2 * (rec.key.length + rec.fingerprint.length);
+  private begin(key: string, fingerprint: number): Claim {
+    this.entries.set(key, {
+      key,
+      fingerprint,
+      pending: true,
+      waiters: undefined,
+      outcome: undefined,
+      outcomeBytes: 0,
+      expires: Number.POSITIVE_INFINITY,
+    });
+    this.pendingCount++;
+    return NEW;
   }
 
-  private forget(rec: Done): void {
-    if (this.done.get(rec.key) === rec) this.done.delete(rec.key);
-    this.idBytes -= this.idSize(rec);
-    this.dropOutcome(rec);
+  /** Takes a completed entry out of the map (its queue slots go when they reach the head). */
+  private forget(entry: Entry): void {
+    if (this.entries.get(entry.key) === entry) this.entries.delete(entry.key);
+    this.idBytes -= idSize(entry);
+    entry.expires = Number.NEGATIVE_INFINITY; // marks it gone for the queues
+    this.dropOutcome(entry);
   }
 
-  private dropOutcome(rec: Done): void {
-    if (rec.outcome === undefined) return;
-    rec.outcome = undefined;
-    this.outcomeBytes -= rec.outcomeBytes;
+  private dropOutcome(entry: Entry): void {
+    if (entry.outcome === undefined) return;
+    entry.outcome = undefined;
+    this.outcomeBytes -= entry.outcomeBytes;
     this.stats.outcomes--;
   }
 
@@ -230,12 +242,14 @@ export class MemoryDedupeStore implements DedupeStore {
     let head = this.head;
     let early = 0;
     while (head < queue.length) {
-      const rec = queue[head]!;
-      const expired = rec.expires <= now;
+      const entry = queue[head]!;
+      const gone = entry.expires === Number.NEGATIVE_INFINITY; // forgotten already (expired on claim)
+      const expired = entry.expires <= now;
       if (!expired && this.idBytes <= this.maxIdBytes) break;
-      if (!expired && this.done.get(rec.key) === rec) early++;
-      // A record already forgotten (expired on claim) has had its bytes taken off.
-      if (this.done.get(rec.key) === rec) this.forget(rec);
+      if (!gone) {
+        if (!expired) early++;
+        this.forget(entry);
+      }
       head++;
     }
     this.head = head;

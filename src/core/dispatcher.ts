@@ -371,38 +371,42 @@ export class Dispatcher {
       return this.answer(id, err);
     }
     session.onEnvelope?.(env);
-    if (this.dedupe === undefined) return this.admit(env, undefined, id, session, collect);
+    const type = normalizePayloadType(env.payload_type);
+    if (this.dedupe === undefined) return this.admit(env, type, undefined, id, session, collect);
     // §10: per caller (principal and sender), never by envelope id alone.
     const key = `${session.callerId ?? ''}\u0000${env.sender}\u0000${env.id}`;
-    return this.claim(env, key, fingerprint(env), id, session, collect);
+    return this.claim(env, type, key, fingerprint(env, type), id, session, collect);
   }
 
   private claim(
     env: Envelope,
+    type: string,
     key: string,
-    fp: string,
+    fp: number,
     id: JsonRpcId | undefined,
     session: Session,
     collect: boolean,
   ): Answer {
     const claim = this.dedupe!.claim(key, fp);
-    if (isPromiseLike(claim)) return claim.then((c) => this.onClaim(c, env, key, fp, id, session, collect));
-    return this.onClaim(claim, env, key, fp, id, session, collect);
+    if (isPromiseLike(claim))
+      return claim.then((c) => this.onClaim(c, env, type, key, fp, id, session, collect));
+    return this.onClaim(claim, env, type, key, fp, id, session, collect);
   }
 
   /** First sight runs; a copy (retransmission) is acked again and gets the first copy's outcome, never a second run. */
   private onClaim(
     claim: Claim,
     env: Envelope,
+    type: string,
     key: string,
-    fp: string,
+    fp: number,
     id: JsonRpcId | undefined,
     session: Session,
     collect: boolean,
   ): Answer {
     switch (claim.state) {
       case 'new':
-        return this.admit(env, key, id, session, collect);
+        return this.admit(env, type, key, id, session, collect);
       case 'conflict': {
         const err = ASAPError.invalidRequest('Envelope id reused with different content', {
           reason: 'envelope id reused with different content',
@@ -430,7 +434,7 @@ export class Dispatcher {
         this.ack(env, session, 'received');
         // Undefined: the first copy was refused unprocessed, so this copy is new after all.
         return claim.outcome.then((o) =>
-          o === undefined ? this.claim(env, key, fp, id, session, collect) : this.encodeOutcome(id, o),
+          o === undefined ? this.claim(env, type, key, fp, id, session, collect) : this.encodeOutcome(id, o),
         );
     }
   }
@@ -438,6 +442,7 @@ export class Dispatcher {
   /** A new envelope: replay checks, routing, the ack, then the handler. */
   private admit(
     env: Envelope,
+    type: string,
     key: string | undefined,
     id: JsonRpcId | undefined,
     session: Session,
@@ -445,7 +450,6 @@ export class Dispatcher {
   ): Answer {
     const replayError = this.replay?.check(env.timestamp, env.extensions, session.callerId, env.sender);
     if (replayError !== undefined) return this.refuse(env, key, id, session, replayError);
-    const type = normalizePayloadType(env.payload_type);
     const handler = this.route(type, env as Envelope<TaskRequest>);
     if (handler === undefined)
       return this.refuse(env, key, id, session, ASAPError.handlerNotFound(env.payload_type));

@@ -7,6 +7,7 @@ interface Slot<V> {
 }
 
 /**
+ * @internal
  * A map whose entries expire after one fixed TTL, capped in size, oldest out
  * first. With one TTL, insertion order is expiry order, so a queue of slots
  * makes eviction O(1). (Walking a Map from its start instead is not: V8 keeps

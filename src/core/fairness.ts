@@ -3,6 +3,7 @@ const nextTurn: (fn: () => void) => void =
   typeof setImmediate === 'function' ? (fn) => setImmediate(fn) : (fn) => setTimeout(fn, 0);
 
 /**
+ * @internal
  * Cooperative fairness for loops that would otherwise run in microtasks only
  * (a stream whose chunks are ready at once, a push loop whose writes never
  * block): they ask `pause()` between steps, and once the current turn has run

@@ -2,10 +2,12 @@ import type { Envelope } from '../protocol/envelope.js';
 import { normalizePayloadType } from '../protocol/payloads.js';
 
 /**
+ * @internal
  * The content fingerprint of asap-wire.md §10: a hash of the envelope
  * without its transport fields (id, timestamp, requires_ack, trace_id,
- * extensions), with object keys in sorted order so a resend that re-serialises
- * the payload in another key order still matches.
+ * extensions) and without its sender (which the dedupe key holds), with
+ * object keys in sorted order so a resend that re-serialises the payload in
+ * another key order still matches.
  *
  * It tells a retransmission from an id reused by mistake, not a forgery (the
  * dedupe key is already scoped to the caller), so it is a fast 2 × 32-bit
@@ -13,15 +15,19 @@ import { normalizePayloadType } from '../protocol/payloads.js';
  * their length and an even sample of 4,096 characters: a 100 KB payload costs
  * microseconds, not a full pass.
  */
-export function fingerprint(env: Envelope<object>): string {
+export function fingerprint(
+  env: Envelope<object>,
+  normalizedType = normalizePayloadType(env.payload_type),
+): number {
   h1 = 0x811c9dc5;
   h2 = 0x9747b28c;
-  mixString(env.sender);
+  // The sender is part of the dedupe key already.
   mixString(env.recipient);
-  mixString(normalizePayloadType(env.payload_type));
+  mixString(normalizedType);
   mixString(env.correlation_id ?? '');
   mixValue(env.payload);
-  return `${(h1 >>> 0).toString(36)}.${(h2 >>> 0).toString(36)}`;
+  // 53 bits in one number: no string to allocate or keep per remembered envelope.
+  return (h1 >>> 0) * 0x200000 + (h2 >>> 11);
 }
 
 const SAMPLE = 4096;
@@ -47,6 +53,11 @@ function mixString(s: string): void {
   h2 = Math.imul(b ^ (b >>> 13) ^ n, 0x5bd1e995);
 }
 
+function isSorted(keys: string[]): boolean {
+  for (let i = 1; i < keys.length; i++) if (keys[i - 1]! > keys[i]!) return false;
+  return true;
+}
+
 /** Depth is bounded by the frame decoder (MAX_JSON_DEPTH), so the recursion is too. */
 function mixValue(v: unknown): void {
   switch (typeof v) {
@@ -55,8 +66,13 @@ function mixValue(v: unknown): void {
       mixString(v);
       return;
     case 'number':
-      mixTag(2);
-      mixString(String(v));
+      if ((v | 0) === v) {
+        mixTag(2);
+        mixTag(v);
+      } else {
+        mixTag(11);
+        mixString(String(v));
+      }
       return;
     case 'boolean':
       mixTag(v ? 3 : 4);
@@ -74,7 +90,7 @@ function mixValue(v: unknown): void {
       }
       const obj = v as Record<string, unknown>;
       const keys = Object.keys(obj);
-      if (keys.length > 1) keys.sort();
+      if (keys.length > 1 && !isSorted(keys)) keys.sort();
       mixTag(8);
       for (let i = 0; i < keys.length; i++) {
         const k = keys[i]!;

@@ -15,7 +15,10 @@ export interface Principal {
   agents?: readonly string[];
 }
 
-/** The id of a principal: a string principal is its own id; else `id`, then `sub`; '' when it names none. */
+/**
+ * @internal The id of a principal: a string principal is its own id; else `id`, then `sub`; '' when it
+ * names none.
+ */
 export function principalId(principal: unknown): string {
   if (typeof principal === 'string') return principal;
   if (typeof principal !== 'object' || principal === null) return '';
@@ -24,7 +27,10 @@ export function principalId(principal: unknown): string {
   return typeof sub === 'string' ? sub : '';
 }
 
-/** The URNs a principal may speak for, or undefined when it does not say (then any sender is taken as is). */
+/**
+ * @internal The URNs a principal may speak for, or undefined when it does not say (then any sender is
+ * taken as is).
+ */
 export function boundAgents(principal: unknown): ReadonlySet<string> | undefined {
   if (typeof principal !== 'object' || principal === null) return undefined;
   const { agents } = principal as Principal;

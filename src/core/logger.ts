@@ -21,6 +21,7 @@ export const silentLogger: Logger = {
   isLevelEnabled: () => false,
 };
 
+/** @internal True unless the logger says debug is off (building debug objects is then skipped). */
 export function debugEnabled(logger: Logger): boolean {
   return logger.isLevelEnabled ? logger.isLevelEnabled('debug') : true;
 }

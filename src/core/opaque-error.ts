@@ -13,6 +13,7 @@ const RUNTIME_ERRORS: readonly (abstract new (...args: never[]) => Error)[] = [
 ];
 
 /**
+ * @internal
  * The generic -32603 a peer gets for a failure it did not cause and must not
  * see the inside of (asap-wire.md §10 "Errors"): the message is always
  * `Internal error`, and `data.error_id` names the log line that holds the cause.
@@ -32,6 +33,7 @@ export function opaqueError(logger: Logger, cause: unknown, context: object = {}
 }
 
 /**
+ * @internal
  * What the caller sees of an error its handler threw: an ASAPError as it is;
  * the message of an ordinary `Error` (or a thrown string) when `expose` is on,
  * as the demo `fail` skill relies on; and never the text of a runtime error

@@ -155,7 +155,7 @@ export function validateEnvelope(input: unknown): EnvelopeResult {
   return Array.isArray(r) ? { ok: false, issues: r } : { ok: true, envelope: r };
 }
 
-/** {@link validateEnvelope} without the result wrapper: the envelope, or the list of issues. */
+/** @internal {@link validateEnvelope} without the result wrapper: the envelope, or the list of issues. */
 export function checkEnvelope(input: unknown): Envelope | ValidationIssue[] {
   // The common well-formed envelope passes the hand-written checks; anything else gets the schema's verdict.
   let data: Envelope | Omit<Envelope, 'id' | 'timestamp'>;
@@ -197,7 +197,10 @@ export function isPayloadType<T extends PayloadTypeName>(
   return KNOWN_PAYLOAD_TYPES.get(normalizePayloadType(envelope.payload_type)) === type;
 }
 
-/** True when `value` looks enough like an envelope to read its id and sender (used to address rejections). */
+/**
+ * @internal True when `value` looks enough like an envelope to read its id and sender (used to address
+ * rejections).
+ */
 export function envelopeHeader(
   value: unknown,
 ): { id: string; sender: string; recipient: string } | undefined {

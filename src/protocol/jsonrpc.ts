@@ -19,7 +19,9 @@ export const MAX_JSON_DEPTH = 128;
 export const ASAP_SUBPROTOCOL = 'asap.v1';
 export const BEARER_PROTOCOL_PREFIX = 'asap.bearer.';
 
+/** @internal The canonical heartbeat frames (publicly: {@link decodeFrame}, {@link encodeFrame}). */
 export const PING_FRAME = '{"type":"ping"}';
+/** @internal */
 export const PONG_FRAME = '{"type":"pong"}';
 
 export interface RequestFrame {
@@ -75,7 +77,12 @@ export function decodeFrame(text: string): Frame {
   } catch {
     return { kind: 'invalid', error: ASAPError.parse('Parse error: invalid JSON'), id: null };
   }
-  if (typeof value === 'object' && value !== null && exceedsDepth(value, MAX_JSON_DEPTH)) {
+  if (
+    typeof value === 'object' &&
+    value !== null &&
+    opensMoreThan(text, MAX_JSON_DEPTH) &&
+    exceedsDepth(value, MAX_JSON_DEPTH)
+  ) {
     const rawId = Array.isArray(value) ? undefined : (value as Record<string, unknown>).id;
     return invalid(
       `Invalid request: JSON nested deeper than ${MAX_JSON_DEPTH} levels`,
@@ -86,6 +93,18 @@ export function decodeFrame(text: string): Frame {
 }
 
 /**
+ * True when `text` has more than `max` opening brackets (inside strings too): only then can its
+ * nesting exceed `max`. indexOf skips along natively, so the usual frame costs a few calls.
+ */
+function opensMoreThan(text: string, max: number): boolean {
+  let n = 0;
+  for (let i = text.indexOf('{'); i !== -1; i = text.indexOf('{', i + 1)) if (++n > max) return true;
+  for (let i = text.indexOf('['); i !== -1; i = text.indexOf('[', i + 1)) if (++n > max) return true;
+  return false;
+}
+
+/**
+ * @internal
  * True when `root` nests objects or arrays deeper than `max` levels. Iterative (an explicit stack),
  * so it is safe on any input JSON.parse accepted; it visits containers only, which makes it cheap
  * for envelopes (a few dozen nodes) even when they carry large strings.
@@ -171,7 +190,7 @@ export function encodeRequest(method: string, params: unknown, id: JsonRpcId): s
   return `{"jsonrpc":"2.0","method":${JSON.stringify(method)}${paramsText(params)},"id":${idText(id)}}`;
 }
 
-/** `{"jsonrpc":"2.0","method":M,"params":{"envelope":E},"id":ID}` without a wrapper object. */
+/** @internal `{"jsonrpc":"2.0","method":M,"params":{"envelope":E},"id":ID}` without a wrapper object. */
 export function encodeEnvelopeRequest(method: string, envelope: unknown, id: JsonRpcId): string {
   return `{"jsonrpc":"2.0","method":${JSON.stringify(method)},"params":{"envelope":${JSON.stringify(envelope)}},"id":${idText(id)}}`;
 }
@@ -184,12 +203,15 @@ export function encodeSuccess(id: JsonRpcId | null, result: unknown): string {
   return `{"jsonrpc":"2.0","result":${JSON.stringify(result)},"id":${idText(id)}}`;
 }
 
-/** `{"jsonrpc":"2.0","result":{"envelope":E},"id":ID}`, the answer to `asap.send`, without a wrapper object. */
+/**
+ * @internal `{"jsonrpc":"2.0","result":{"envelope":E},"id":ID}`, the answer to `asap.send`, without a
+ * wrapper object.
+ */
 export function encodeEnvelopeResult(id: JsonRpcId | null, envelope: unknown): string {
   return encodeEnvelopeJsonResult(id, JSON.stringify(envelope));
 }
 
-/** Like {@link encodeEnvelopeResult}, for an envelope already encoded as JSON text. */
+/** @internal Like {@link encodeEnvelopeResult}, for an envelope already encoded as JSON text. */
 export function encodeEnvelopeJsonResult(id: JsonRpcId | null, envelopeJson: string): string {
   return `{"jsonrpc":"2.0","result":{"envelope":${envelopeJson}},"id":${idText(id)}}`;
 }
@@ -224,7 +246,7 @@ export function encodeFrame(frame: Frame): string {
   }
 }
 
-/** Reads `params.envelope` of an `asap.send` / `asap.ack` message. */
+/** @internal Reads `params.envelope` of an `asap.send` / `asap.ack` message. */
 export function envelopeParam(params: unknown): unknown {
   return isJsonObject(params) ? params.envelope : undefined;
 }

@@ -19,14 +19,14 @@ export function staticToken(expected: string): TokenVerifier {
   };
 }
 
-/** The token of an `Authorization: Bearer <token>` header, if any. */
+/** @internal The token of an `Authorization: Bearer <token>` header, if any. */
 export function bearerFromHeader(header: string | undefined): string | undefined {
   if (header === undefined) return undefined;
   const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
   return m?.[1];
 }
 
-/** The token carried in a `Sec-WebSocket-Protocol` entry `asap.bearer.<token>`, for browsers. */
+/** @internal The token carried in a `Sec-WebSocket-Protocol` entry `asap.bearer.<token>`, for browsers. */
 export function bearerFromProtocols(header: string | undefined): string | undefined {
   if (header === undefined) return undefined;
   for (const entry of header.split(',')) {

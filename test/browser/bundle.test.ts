@@ -11,6 +11,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { createDemoAgent } from '../../src/cli/demo-agent.js';
 import type { ASAPServer } from '../../src/server/server.js';
+import { asBrowser } from '../support/browser-like.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const SCRIPT = join(ROOT, 'scripts', 'build-browser.mjs');
@@ -123,13 +124,7 @@ describe('browser bundle', () => {
  * The bundle uses whatever `globalThis.WebSocket` is, as in a browser; here it is `ws`, which takes
  * `(url, protocols)` like the browser's, so the token can only travel as the subprotocol entry.
  */
-async function withGlobalWebSocket(fn: () => Promise<void>): Promise<void> {
-  const g = globalThis as { WebSocket?: unknown };
-  const saved = g.WebSocket;
-  g.WebSocket = WebSocket;
-  try {
-    await fn();
-  } finally {
-    g.WebSocket = saved;
-  }
+/** As in a browser: `ws` as the global WebSocket, and no Node runtime for the bundle to load `ws` from. */
+function withGlobalWebSocket(fn: () => Promise<void>): Promise<void> {
+  return asBrowser(WebSocket, fn);
 }

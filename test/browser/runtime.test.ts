@@ -1,13 +1,17 @@
 /**
- * The browser entry (src/client/browser.ts) in Node, with a WHATWG-style WebSocket constructor as the
- * global (`ws`), over real sockets: no Node WebSocket factory is installed, the token travels as the
- * `asap.bearer.<token>` subprotocol, and without a global WebSocket the transport says what is missing.
+ * The browser entry (src/client/browser.ts) in Node made to look like a browser (no
+ * `process.getBuiltinModule`, see test/support/browser-like.ts), with a WHATWG-style WebSocket
+ * constructor as the global (`ws`), over real sockets: the entry has no Node WebSocket factory, the
+ * token travels as the `asap.bearer.<token>` subprotocol, and without a global WebSocket the transport
+ * says what is missing.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { createDemoAgent } from '../../src/cli/demo-agent.js';
 import * as entry from '../../src/client/browser.js';
+import { defaultWebSocketFactory } from '../../src/client/runtime.js';
 import type { ASAPServer } from '../../src/server/server.js';
+import { hideNodeRuntime } from '../support/browser-like.js';
 
 const g = globalThis as { WebSocket?: unknown };
 const original = g.WebSocket;
@@ -15,10 +19,15 @@ const original = g.WebSocket;
 describe('browser entry', () => {
   const servers: ASAPServer[] = [];
   const transports: entry.WebSocketTransport[] = [];
+  let restoreNode: () => void = () => {};
+
+  beforeEach(() => {
+    restoreNode = hideNodeRuntime();
+  });
 
   afterEach(async () => {
     g.WebSocket = original;
-    entry.setDefaultWebSocketFactory(undefined);
+    restoreNode();
     await Promise.all(transports.splice(0).map((t) => t.close()));
     await Promise.all(servers.splice(0).map((s) => s.close()));
   });
@@ -29,10 +38,10 @@ describe('browser entry', () => {
     return `${(await server.listen({ port: 0 })).url.replace('http:', 'ws:')}/asap/ws`;
   }
 
-  it('installs no Node factory: without a global WebSocket it says what is missing', () => {
+  it('has no Node factory: without a global WebSocket it says what is missing', () => {
     expect('nodeWebSocketFactory' in entry).toBe(false);
     g.WebSocket = undefined;
-    expect(() => entry.defaultWebSocketFactory()).toThrow(/No WebSocket implementation/);
+    expect(() => defaultWebSocketFactory()).toThrow(/No WebSocket implementation/);
     expect(() => new entry.WebSocketTransport('ws://127.0.0.1:1/asap/ws')).toThrow(
       /No WebSocket implementation/,
     );
@@ -60,7 +69,7 @@ describe('browser entry', () => {
     expect((await gaveUp).error.message).toContain('Authentication required');
   });
 
-  it('offers exactly asap.v1 without a token, and a factory set as default wins over the global', async () => {
+  it('offers exactly asap.v1 without a token, and a factory passed explicitly wins over the global', async () => {
     const seen: (string[] | undefined)[] = [];
     const Recording = class extends WebSocket {
       constructor(url: string, protocols?: string[]) {
@@ -75,10 +84,9 @@ describe('browser entry', () => {
     await t.connect();
     expect(seen).toEqual([['asap.v1']]);
 
+    g.WebSocket = WebSocket;
     const custom = entry.browserWebSocketFactory(Recording as never);
-    entry.setDefaultWebSocketFactory(custom);
-    expect(entry.defaultWebSocketFactory()).toBe(custom);
-    const t2 = new entry.WebSocketTransport(url, { token: 'x', reconnect: false });
+    const t2 = new entry.WebSocketTransport(url, { token: 'x', reconnect: false, webSocketFactory: custom });
     transports.push(t2);
     await t2.connect();
     expect(seen[1]).toEqual(['asap.v1', 'asap.bearer.x']);

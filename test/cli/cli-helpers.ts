@@ -16,6 +16,7 @@ import { Ajv2020, type AnySchemaObject, type ValidateFunction } from 'ajv/dist/2
 import addFormats from 'ajv-formats';
 import { expect } from 'vitest';
 import { run } from '../../src/cli/commands.js';
+import { SCHEMA_DIR } from '../support/reference-schemas.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const MAIN = 'src/cli/main.ts';
@@ -208,9 +209,6 @@ export function runInProcess(
   });
 }
 
-/** The reference JSON Schemas (../shared/reference-schemas), or undefined when absent. */
-const SCHEMA_DIR = new URL('../../../shared/reference-schemas/', import.meta.url);
-
 export interface ReferenceValidators {
   envelope: ValidateFunction;
   manifest: ValidateFunction;
@@ -218,6 +216,7 @@ export interface ReferenceValidators {
 
 let cached: ReferenceValidators | undefined | null = null;
 
+/** The reference JSON Schemas (test/support/reference-schemas.ts) compiled, or undefined when absent. */
 export function referenceValidators(): ReferenceValidators | undefined {
   if (cached !== null) return cached;
   if (!existsSync(fileURLToPath(new URL('envelope.schema.json', SCHEMA_DIR)))) {

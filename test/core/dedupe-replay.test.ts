@@ -10,7 +10,7 @@ const err = (n: number): Outcome => ({ kind: 'error', error: { code: n, message:
 const result = (size: number): Outcome => ({ kind: 'result', envelope: 'x'.repeat(size) });
 
 /** Claims `key` as new and completes it with `outcome`. */
-function run(store: MemoryDedupeStore, key: string, outcome: Outcome, fp = 'fp'): void {
+function run(store: MemoryDedupeStore, key: string, outcome: Outcome, fp = 1): void {
   expect(store.claim(key, fp)).toEqual({ state: 'new' });
   store.complete(key, outcome);
 }
@@ -20,31 +20,31 @@ describe('MemoryDedupeStore (§10: claim, time-based window, byte budgets)', () 
     const clock = new ManualClock(1000);
     const store = new MemoryDedupeStore({ windowMs: 100, clock });
     run(store, 'a', err(1));
-    expect(store.claim('a', 'fp')).toEqual({ state: 'done', outcome: err(1) });
+    expect(store.claim('a', 1)).toEqual({ state: 'done', outcome: err(1) });
     clock.advance(99);
-    expect(store.claim('a', 'fp')).toEqual({ state: 'done', outcome: err(1) });
+    expect(store.claim('a', 1)).toEqual({ state: 'done', outcome: err(1) });
     clock.advance(1);
-    expect(store.claim('a', 'fp')).toEqual({ state: 'new' });
+    expect(store.claim('a', 1)).toEqual({ state: 'new' });
     expect(store.snapshot()).toMatchObject({ ids: 0, pending: 1 });
   });
 
   it('defaults to a 10 minute window, counted from completion', () => {
     const clock = new ManualClock();
     const store = new MemoryDedupeStore({ clock });
-    expect(store.claim('a', 'fp').state).toBe('new');
+    expect(store.claim('a', 1).state).toBe('new');
     clock.advance(5000);
     store.complete('a', err(1));
     clock.advance(599_999);
-    expect(store.claim('a', 'fp').state).toBe('done');
+    expect(store.claim('a', 1).state).toBe('done');
     clock.advance(1);
-    expect(store.claim('a', 'fp').state).toBe('new');
+    expect(store.claim('a', 1).state).toBe('new');
   });
 
   it('a copy that arrives while the first runs waits for its outcome', async () => {
     const store = new MemoryDedupeStore({ clock: new ManualClock() });
-    expect(store.claim('a', 'fp').state).toBe('new');
-    const c1 = store.claim('a', 'fp');
-    const c2 = store.claim('a', 'fp');
+    expect(store.claim('a', 1).state).toBe('new');
+    const c1 = store.claim('a', 1);
+    const c2 = store.claim('a', 1);
     expect(c1.state).toBe('pending');
     expect(c2).toEqual(c1); // one promise for every waiting copy
     store.complete('a', err(7));
@@ -53,11 +53,11 @@ describe('MemoryDedupeStore (§10: claim, time-based window, byte budgets)', () 
 
   it('a released claim lets its waiting copies claim again', async () => {
     const store = new MemoryDedupeStore({ clock: new ManualClock() });
-    expect(store.claim('a', 'fp').state).toBe('new');
-    const waiting = store.claim('a', 'fp') as { outcome: Promise<Outcome | undefined> };
+    expect(store.claim('a', 1).state).toBe('new');
+    const waiting = store.claim('a', 1) as { outcome: Promise<Outcome | undefined> };
     store.release('a');
     expect(await waiting.outcome).toBeUndefined();
-    expect(store.claim('a', 'fp').state).toBe('new');
+    expect(store.claim('a', 1).state).toBe('new');
     store.release('nothing'); // no-op
     store.complete('nothing', err(1)); // no-op
     expect(store.snapshot().ids).toBe(0);
@@ -65,17 +65,17 @@ describe('MemoryDedupeStore (§10: claim, time-based window, byte budgets)', () 
 
   it('another fingerprint under the same key is a conflict, pending or done', () => {
     const store = new MemoryDedupeStore({ clock: new ManualClock() });
-    expect(store.claim('a', 'one').state).toBe('new');
-    expect(store.claim('a', 'two')).toEqual({ state: 'conflict' });
+    expect(store.claim('a', 1).state).toBe('new');
+    expect(store.claim('a', 2)).toEqual({ state: 'conflict' });
     store.complete('a', err(1));
-    expect(store.claim('a', 'two')).toEqual({ state: 'conflict' });
-    expect(store.claim('a', 'one').state).toBe('done');
+    expect(store.claim('a', 2)).toEqual({ state: 'conflict' });
+    expect(store.claim('a', 1).state).toBe('done');
   });
 
   it('remembers 12,000 ids (never a count limit)', () => {
     const store = new MemoryDedupeStore({ clock: new ManualClock() });
     for (let i = 0; i < 12_000; i++) run(store, `k${i}`, err(i));
-    expect(store.claim('k0', 'fp')).toEqual({ state: 'done', outcome: err(0) });
+    expect(store.claim('k0', 1)).toEqual({ state: 'done', outcome: err(0) });
     expect(store.snapshot()).toMatchObject({ ids: 12_000, idsEvicted: 0, outcomesDropped: 0 });
   });
 
@@ -86,9 +86,9 @@ describe('MemoryDedupeStore (§10: claim, time-based window, byte budgets)', () 
     run(store, 'a', result(100));
     run(store, 'b', result(100));
     run(store, 'c', result(100));
-    expect(store.claim('a', 'fp')).toEqual({ state: 'dropped' });
-    expect(store.claim('b', 'fp').state).toBe('done');
-    expect(store.claim('c', 'fp').state).toBe('done');
+    expect(store.claim('a', 1)).toEqual({ state: 'dropped' });
+    expect(store.claim('b', 1).state).toBe('done');
+    expect(store.claim('c', 1).state).toBe('done');
     expect(store.snapshot()).toMatchObject({ ids: 3, outcomes: 2, outcomesDropped: 1 });
     expect(logs).toHaveLength(1);
   });
@@ -98,9 +98,9 @@ describe('MemoryDedupeStore (§10: claim, time-based window, byte budgets)', () 
     run(store, 'big', result(51));
     run(store, 'small', result(50));
     run(store, 'none', { kind: 'none' });
-    expect(store.claim('big', 'fp')).toEqual({ state: 'dropped' });
-    expect(store.claim('small', 'fp').state).toBe('done');
-    expect(store.claim('none', 'fp')).toEqual({ state: 'done', outcome: { kind: 'none' } });
+    expect(store.claim('big', 1)).toEqual({ state: 'dropped' });
+    expect(store.claim('small', 1).state).toBe('done');
+    expect(store.claim('none', 1)).toEqual({ state: 'done', outcome: { kind: 'none' } });
     expect(store.snapshot().outcomesDropped).toBe(1);
   });
 
@@ -113,8 +113,8 @@ describe('MemoryDedupeStore (§10: claim, time-based window, byte budgets)', () 
     const stats = store.snapshot();
     expect(stats.idsEvicted).toBeGreaterThan(0);
     expect(stats.ids + stats.idsEvicted).toBe(20);
-    expect(store.claim('k0', 'fp').state).toBe('new');
-    expect(store.claim('k19', 'fp').state).toBe('done');
+    expect(store.claim('k0', 1).state).toBe('new');
+    expect(store.claim('k19', 1).state).toBe('done');
     expect(logs).toHaveLength(1);
     clock.advance(10_000);
     run(store, 'later', err(1));
@@ -132,9 +132,9 @@ describe('MemoryDedupeStore (§10: claim, time-based window, byte budgets)', () 
     expect(store.snapshot().outcomes).toBeLessThanOrEqual(11);
     // An expired key claimed again is new, and its stale slot is skipped later.
     clock.advance(100);
-    expect(store.claim('k2999', 'fp').state).toBe('new');
+    expect(store.claim('k2999', 1).state).toBe('new');
     store.complete('k2999', err(1));
-    expect(store.claim('k2999', 'fp').state).toBe('done');
+    expect(store.claim('k2999', 1).state).toBe('done');
   });
 });
 

@@ -39,7 +39,9 @@ describe('fingerprint (§10 dedupe scope)', () => {
       { ...p, input: { ...p.input, extra: undefined, more: 1 } },
     ];
     for (const c of changes) expect(fingerprint(env(c))).not.toBe(base);
-    expect(fingerprint(env(p, { sender: 'urn:asap:agent:z' }))).not.toBe(base);
+    expect(fingerprint(env(p, { recipient: 'urn:asap:agent:z' }))).not.toBe(base);
+    // The sender is part of the dedupe key, not of the fingerprint.
+    expect(fingerprint(env(p, { sender: 'urn:asap:agent:z' }))).toBe(base);
     expect(fingerprint(env(p, { correlation_id: 'x' }))).not.toBe(base);
     expect(fingerprint({ ...env(p), payload_type: 'task.request' })).toBe(base);
   });

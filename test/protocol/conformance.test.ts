@@ -2,12 +2,16 @@
  * Wire conformance (asap-wire.md: "every envelope and manifest we emit MUST validate against"
  * the reference schemas): envelopes built by our constructors and our server manifest are checked
  * with Ajv against the JSON Schemas published by the Python reference.
+ *
+ * The schemas: ../shared/reference-schemas, or ASAP_REFERENCE_SCHEMAS (test/support/reference-schemas.ts).
+ * When they are missing the suite fails under CI (CI=true) with a message saying so, and is skipped
+ * with a warning otherwise.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Ajv2020, type AnySchemaObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
-import { describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { snakeCase } from '../../scripts/export-schemas.js';
 import {
   ACKED_TYPES,
@@ -19,6 +23,7 @@ import {
   validateEnvelope,
   validateManifest,
 } from '../../src/protocol/index.js';
+import { CI, SCHEMA_DIR, SCHEMAS_PRESENT } from '../support/reference-schemas.js';
 import {
   CLIENT,
   CORRELATED,
@@ -30,12 +35,15 @@ import {
   SERVER_MANIFEST,
 } from './fixtures.js';
 
-const SCHEMA_DIR = new URL('../../../shared/reference-schemas/', import.meta.url);
-const present = existsSync(fileURLToPath(new URL('envelope.schema.json', SCHEMA_DIR)));
+const present = SCHEMAS_PRESENT;
+const MISSING_MESSAGE =
+  `Reference schemas not found at ${fileURLToPath(SCHEMA_DIR)}: wire conformance cannot be checked. ` +
+  'They are the JSON Schemas of the Python reference (../shared/reference-schemas); ' +
+  'ASAP_REFERENCE_SCHEMAS may point elsewhere.';
 
-if (!present) {
-  console.warn(
-    `[conformance] reference schemas not found at ${fileURLToPath(SCHEMA_DIR)}: wire conformance was SKIPPED`,
+if (!present && !CI) {
+  process.stderr.write(
+    `\n[conformance] SKIPPED: ${MISSING_MESSAGE} (set CI=true to make this a failure)\n\n`,
   );
 }
 
@@ -82,10 +90,12 @@ const cases = [
   ...EXTRA_PAYLOADS.map(({ type, name, payload }) => ({ type, name, payload, optional: true })),
 ];
 
-const suite = present ? describe : describe.skip;
+describe.skipIf(!present && !CI)('conformance with the reference JSON Schemas', () => {
+  beforeAll(() => {
+    if (!present) throw new Error(MISSING_MESSAGE);
+  });
 
-suite('conformance with the reference JSON Schemas', () => {
-  // Only built when the folder exists: describe.skip still runs its body.
+  // Only built when the folder exists: a skipped describe still runs its body, and so does a failing one.
   const ajv = present ? new Ajv2020({ strict: false, allErrors: true }) : undefined;
   const envelopeSchema = present ? load('envelope.schema.json') : {};
   if (ajv !== undefined) {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
+import { envelopeHeader } from '../../src/protocol/envelope.js';
 import {
   ACKED_TYPES,
   ASAP_VERSION,
@@ -7,7 +8,6 @@ import {
   createEnvelope,
   createReply,
   type Envelope,
-  envelopeHeader,
   isPayloadType,
   isTerminalStatus,
   KNOWN_PAYLOAD_TYPES,

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { ASAPError } from '../../src/protocol/errors.js';
 import {
-  ASAPError,
   type BatchFrame,
   decodeFrame,
   decodeValue,
@@ -25,7 +25,7 @@ import {
   PONG_FRAME,
   type RequestFrame,
   type SuccessFrame,
-} from '../../src/protocol/index.js';
+} from '../../src/protocol/jsonrpc.js';
 
 const request = (id: unknown, extra: Record<string, unknown> = {}) =>
   JSON.stringify({ jsonrpc: '2.0', method: METHOD_SEND, params: { envelope: {} }, id, ...extra });
