@@ -229,12 +229,8 @@ export function clientCommand(script, cfg) {
   return pinned(CLIENT_CORE, ['node', `bench/${script}`, `'${JSON.stringify(cfg)}'`]).join(' ');
 }
 
-/**
- * Runs one load generator against `server` on the client core and measures the server over the
- * client's window: CPU time from /proc/<pid>/stat (primary) and from process.cpuUsage() via the
- * probe (cross-check).
- */
-export async function runLoad(script, cfg, server) {
+/** A bench client script on the client core, with an IPC channel, tracked for cleanup. */
+function spawnPinned(script, cfg) {
   const argv = pinned(CLIENT_CORE, [process.execPath, join(BENCH_DIR, script), JSON.stringify(cfg)]);
   const child = spawn(argv[0], argv.slice(1), {
     cwd: ROOT,
@@ -242,6 +238,16 @@ export async function runLoad(script, cfg, server) {
     stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
   });
   track(child);
+  return child;
+}
+
+/**
+ * Runs one load generator against `server` on the client core and measures the server over the
+ * client's window: CPU time from /proc/<pid>/stat (primary) and from process.cpuUsage() via the
+ * probe (cross-check).
+ */
+export async function runLoad(script, cfg, server) {
+  const child = spawnPinned(script, cfg);
   let start;
   let end;
   let result;
@@ -357,13 +363,7 @@ export async function measureIdle(server, stages) {
  * it exited, so a server that stops answering shows up as a timeout, not a hang.
  */
 function spawnClient(script, cfg) {
-  const argv = pinned(CLIENT_CORE, [process.execPath, join(BENCH_DIR, script), JSON.stringify(cfg)]);
-  const child = spawn(argv[0], argv.slice(1), {
-    cwd: ROOT,
-    env: CHILD_ENV,
-    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
-  });
-  track(child);
+  const child = spawnPinned(script, cfg);
   const inbox = [];
   const waiters = new Set();
   const wakeAll = () => {
