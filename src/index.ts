@@ -1,8 +1,10 @@
 /**
  * The package root: the facades (ASAPServer, ASAPClient, HandlerRegistry, the transports and the
  * pool), the protocol essentials, the errors callers catch, and the seams with the implementation each
- * has here (DedupeStore / MemoryDedupeStore, TokenVerifier / staticToken, Logger / silentLogger,
- * WebSocketFactory / browserWebSocketFactory, Principal), with the types their signatures use.
+ * has here (DedupeStore / MemoryDedupeStore, NonceStore / MemoryNonceStore, SessionStore /
+ * MemorySessionStore, PushAdapter / LocalPushAdapter, Authenticator and TokenVerifier / staticToken,
+ * Logger / silentLogger, WebSocketFactory / browserWebSocketFactory, Instrumentation, Timers,
+ * Principal), with the types their signatures use.
  * Lower-level building blocks live in the subpath entries: `asap-ts/protocol` (codecs, schemas, wire
  * constants), `asap-ts/core` (dispatcher, ack tracker, backoff, circuit breaker, …), `asap-ts/server`,
  * `asap-ts/client`. Importing it has no side effect. test/api-surface.test.ts holds the exact list of
@@ -47,7 +49,13 @@ export {
   type Outcome,
 } from './core/dedupe.js';
 export type { Principal } from './core/identity.js';
+export type {
+  Instrumentation,
+  RequestFinishedInfo,
+  RequestInfo,
+} from './core/instrumentation.js';
 export { type Logger, silentLogger } from './core/logger.js';
+export { MemoryNonceStore, type NonceStore } from './core/nonce-store.js';
 export {
   type Handler,
   type HandlerContext,
@@ -58,6 +66,8 @@ export {
   type TransportKind,
 } from './core/registry.js';
 export type { ReplayOptions } from './core/replay.js';
+export { MemorySessionStore, type SessionStore } from './core/session-store.js';
+export type { Timer, Timers } from './core/timers.js';
 export {
   ASAP_VERSION,
   createEnvelope,
@@ -110,9 +120,10 @@ export type {
 } from './protocol/payloads.js';
 export { isTerminalStatus, PAYLOAD_SCHEMAS } from './protocol/payloads.js';
 export type { JsonObject } from './protocol/schema-util.js';
-export { staticToken, type TokenVerifier } from './server/auth.js';
+export { type Authenticator, type AuthRequest, staticToken, type TokenVerifier } from './server/auth.js';
 export type { ConnectionInfo } from './server/connection.js';
 export type { ManifestInit } from './server/manifest.js';
+export { LocalPushAdapter, type PushAdapter, type PushTarget } from './server/push-adapter.js';
 export {
   ASAPServer,
   type ASAPServerOptions,

@@ -37,7 +37,10 @@ const ROOT_EXPORTS = [
   'ProtocolError',
   'RequestTimeoutError',
   // Seams: the implementation each has here.
+  'LocalPushAdapter',
   'MemoryDedupeStore',
+  'MemoryNonceStore',
+  'MemorySessionStore',
   'browserWebSocketFactory',
   'silentLogger',
   'staticToken',

@@ -1,8 +1,8 @@
-import { createEnvelope, type Envelope, type EnvelopeInit, validateEnvelope } from '../protocol/envelope.js';
+import { answerEnvelope } from '../core/peer.js';
+import { createEnvelope, type Envelope, type EnvelopeInit } from '../protocol/envelope.js';
 import { ASAPError, ConnectionError, ProtocolError, RequestTimeoutError } from '../protocol/errors.js';
 import { decodeFrame, encodeEnvelopeRequest, METHOD_SEND } from '../protocol/jsonrpc.js';
 import { type Health, type Manifest, validateHealth, validateManifest } from '../protocol/manifest.js';
-import { isJsonObject } from '../protocol/schema-util.js';
 
 export interface HttpTransportOptions {
   token?: string;
@@ -62,15 +62,9 @@ export class HttpTransport {
         body: text.slice(0, 200),
       });
     }
-    const v = validateEnvelope(isJsonObject(frame.result) ? frame.result.envelope : undefined);
-    if (!v.ok) throw new ProtocolError('Response carries no valid envelope', { validation_errors: v.issues });
-    if (v.envelope.correlation_id !== envelope.id) {
-      throw new ProtocolError('Response does not bind to its request (correlation_id mismatch)', {
-        expected: envelope.id,
-        received: v.envelope.correlation_id ?? null,
-      });
-    }
-    return v.envelope;
+    const answer = answerEnvelope(frame.result, envelope.id);
+    if (answer instanceof Error) throw answer;
+    return answer;
   }
 
   /** Fetches and validates the agent's manifest. */

@@ -5,6 +5,11 @@ export * from './http-transport.js';
 export { nodeWebSocketFactory } from './node-runtime.js';
 export * from './pool.js';
 export {
+  type ChannelEvents,
+  ReconnectingChannel,
+  type ReconnectingChannelOptions,
+} from './reconnecting-channel.js';
+export {
   browserWebSocketFactory,
   type WebSocketConnectOptions,
   type WebSocketFactory,

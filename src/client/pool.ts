@@ -1,4 +1,5 @@
 import { Emitter } from '../core/emitter.js';
+import { systemTimers, type Timer, type Timers } from '../core/timers.js';
 import type { Envelope } from '../protocol/envelope.js';
 import { WebSocketTransport, type WebSocketTransportOptions } from './websocket-transport.js';
 
@@ -9,6 +10,8 @@ export interface ConnectionPoolOptions {
   idleTimeoutMs?: number;
   /** Options for every transport the pool opens. */
   transport?: WebSocketTransportOptions;
+  /** Clock and timers of the idle sweep (default: the transports' own, else the system's). */
+  timers?: Timers;
 }
 
 interface Member {
@@ -37,11 +40,13 @@ export class ConnectionPool extends Emitter<PoolEvents> {
   private readonly keys = new Map<string, string>();
   private readonly max: number;
   private readonly idleMs: number;
-  private idleTimer: ReturnType<typeof setInterval> | undefined;
+  private readonly timers: Timers;
+  private idleTimer: Timer | undefined;
   private closed = false;
 
   constructor(private readonly opts: ConnectionPoolOptions = {}) {
     super();
+    this.timers = opts.timers ?? opts.transport?.timers ?? systemTimers;
     this.max = opts.maxPerTarget ?? 10;
     this.idleMs = opts.idleTimeoutMs ?? 60_000;
   }
@@ -80,23 +85,22 @@ export class ConnectionPool extends Emitter<PoolEvents> {
     if (best === undefined || (best.transport.inFlight > 0 && members.length < this.max)) {
       const transport = new WebSocketTransport(url, this.opts.transport);
       transport.onMessage((env) => this.emit('message', env, transport));
-      best = { transport, lastUsed: Date.now() };
+      best = { transport, lastUsed: this.timers.now() };
       members.push(best);
       this.emit('transport', transport);
       this.ensureIdleSweep();
     }
-    best.lastUsed = Date.now();
+    best.lastUsed = this.timers.now();
     return best.transport;
   }
 
   private ensureIdleSweep(): void {
     if (this.idleTimer !== undefined) return;
-    this.idleTimer = setInterval(() => this.sweepIdle(), Math.max(10, this.idleMs / 2));
-    (this.idleTimer as { unref?: () => void }).unref?.();
+    this.idleTimer = this.timers.setInterval(() => this.sweepIdle(), Math.max(10, this.idleMs / 2));
   }
 
   private sweepIdle(): void {
-    const now = Date.now();
+    const now = this.timers.now();
     for (const [key, members] of this.targets) {
       for (let i = members.length - 1; i >= 0; i--) {
         const m = members[i]!;
@@ -110,7 +114,7 @@ export class ConnectionPool extends Emitter<PoolEvents> {
       if (members.length === 0) this.targets.delete(key);
     }
     if (this.targets.size === 0 && this.idleTimer !== undefined) {
-      clearInterval(this.idleTimer);
+      this.idleTimer.cancel();
       this.idleTimer = undefined;
     }
   }
@@ -118,7 +122,7 @@ export class ConnectionPool extends Emitter<PoolEvents> {
   /** Closes every connection. Idempotent. */
   async close(): Promise<void> {
     this.closed = true;
-    if (this.idleTimer !== undefined) clearInterval(this.idleTimer);
+    this.idleTimer?.cancel();
     this.idleTimer = undefined;
     const all = [...this.targets.values()].flat();
     this.targets.clear();

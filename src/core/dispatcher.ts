@@ -1,19 +1,17 @@
 import {
   ASAP_VERSION,
   checkEnvelope,
-  createEnvelope,
   createReply,
   type Envelope,
   envelopeHeader,
   validateEnvelope,
 } from '../protocol/envelope.js';
-import { ASAPError, ErrorCode, type JsonRpcErrorObject, toASAPError } from '../protocol/errors.js';
+import { ASAPError, ErrorCode, type JsonRpcErrorObject } from '../protocol/errors.js';
 import {
   type BatchItem,
   type ErrorFrame,
   encodeBatch,
   encodeEnvelopeJsonResult,
-  encodeEnvelopeResult,
   encodeError,
   encodeNotification,
   encodeSuccess,
@@ -31,23 +29,26 @@ import {
   type MessageAck,
   normalizePayloadType,
   type TaskRequest,
-  type TaskStream,
 } from '../protocol/payloads.js';
-import { isJsonObject, type JsonObject } from '../protocol/schema-util.js';
+import { isJsonObject } from '../protocol/schema-util.js';
 import { type Claim, type DedupeStore, MemoryDedupeStore, type Outcome } from './dedupe.js';
-import { TurnBudget } from './fairness.js';
 import { fingerprint } from './fingerprint.js';
+import {
+  guardInstrumentation,
+  type Instrumentation,
+  type RejectReason,
+  type RequestInfo,
+  requestInfo,
+} from './instrumentation.js';
 import { debugEnabled, type Logger, silentLogger } from './logger.js';
-import { handlerError } from './opaque-error.js';
-import type {
-  Handler,
-  HandlerContext,
-  HandlerRegistry,
-  HandlerResult,
-  PushInit,
-  TransportKind,
-} from './registry.js';
+import type { NonceStore } from './nonce-store.js';
+import { opaqueError } from './opaque-error.js';
+import type { Handler, HandlerRegistry, TransportKind } from './registry.js';
 import { ReplayGuard, type ReplayOptions } from './replay.js';
+import { isPromiseLike, replyTypeFor, TaskRuntime } from './tasks.js';
+import { systemTimers, type Timers } from './timers.js';
+
+export { isPromiseLike, replyTypeFor };
 
 /**
  * One caller as the dispatcher sees it: a WebSocket connection, or one HTTP
@@ -104,137 +105,19 @@ export interface DispatcherOptions {
   yieldEveryMs?: number;
   /** Push to every connection of an agent URN (what `ctx.pushTo` calls); resolves with how many it reached. */
   pushTo?: (agentUrn: string, envelope: Envelope<object>) => Promise<number>;
+  /** Clock and timers of deadlines and the dedupe/replay windows (default: the system's). */
+  timers?: Timers;
+  /**
+   * Hooks for metrics and tracing: requests started and finished, dedupe answers, refusals,
+   * handler errors, stream chunks and acks sent. None by default (then they cost nothing).
+   */
+  instrumentation?: Instrumentation;
 }
 
 /** What handling a frame produces: the encoded answer (or nothing), at once or later. */
 export type Answer = string | undefined | Promise<string | undefined>;
 
-/**
- * One handler call: the context the handler sees, and the dispatcher's record
- * of it (deadline, abort signal made on first use, settlement). One object per
- * request on purpose: the hot path allocates as little as it can.
- */
-class TaskScope<P extends object = JsonObject> implements HandlerContext<P> {
-  done = false;
-  resolve: ((outcome: Outcome) => void) | undefined;
-  /** performance.now() past which the sweep ends it; set when the handler turns out to be asynchronous. */
-  deadline = Number.POSITIVE_INFINITY;
-  private controller: AbortController | undefined;
-  private abortReason: unknown;
-
-  constructor(
-    readonly envelope: Envelope<P>,
-    readonly taskId: string,
-    readonly isTask: boolean,
-    private readonly session: Session,
-    private readonly owner: Dispatcher,
-  ) {}
-
-  get logger(): Logger {
-    return this.owner.logger;
-  }
-
-  get transport(): TransportKind {
-    return this.session.transport;
-  }
-
-  get principal(): unknown {
-    return this.session.principal;
-  }
-
-  get manifest(): Manifest | undefined {
-    return this.owner.manifest();
-  }
-
-  get signal(): AbortSignal {
-    if (this.controller === undefined) {
-      this.controller = new AbortController();
-      if (this.abortReason !== undefined) this.controller.abort(this.abortReason);
-    }
-    return this.controller.signal;
-  }
-
-  get aborted(): boolean {
-    return this.abortReason !== undefined;
-  }
-
-  abort(reason: unknown): void {
-    if (this.abortReason !== undefined) return;
-    this.abortReason = reason;
-    this.controller?.abort(reason);
-  }
-
-  /**
-   * Pushes to the caller. Once the task is over (deadline, cancel, shutdown) it rejects with
-   * that reason, so a push loop ends with its task; and it yields to the event loop every
-   * few milliseconds, so a loop of pushes that never block cannot starve other peers.
-   */
-  push(envelope: Envelope<object> | PushInit<object>): Promise<void> {
-    if (this.done) return Promise.reject(this.abortReason ?? ASAPError.invalidState('Task is over'));
-    if (this.session.closed === true) return Promise.reject(PEER_GONE);
-    const pushed = this.session.push(this.toEnvelope(envelope));
-    const pause = this.owner.turns.pause();
-    return pause === undefined ? pushed : pushed.then(() => pause);
-  }
-
-  pushTo(agentUrn: string, envelope: Envelope<object> | PushInit<object>): Promise<number> {
-    if (this.done) return Promise.reject(this.abortReason ?? ASAPError.invalidState('Task is over'));
-    const env = this.toEnvelope({ recipient: agentUrn, ...envelope });
-    const pushed = this.owner.pushTo(agentUrn, env);
-    const pause = this.owner.turns.pause();
-    return pause === undefined ? pushed : pushed.then((n) => pause.then(() => n));
-  }
-
-  private toEnvelope(envelope: Envelope<object> | PushInit<object>): Envelope<object> {
-    if ('id' in envelope && 'timestamp' in envelope) return envelope;
-    return createEnvelope({
-      sender: this.envelope.recipient,
-      recipient: this.envelope.sender,
-      trace_id: this.envelope.trace_id,
-      ...envelope,
-    });
-  }
-
-  reply<Q extends object>(payloadType: string, payload: Q): Envelope<Q> {
-    return createReply(this.envelope, payloadType, payload);
-  }
-}
-
 const SENDER_MISMATCH = 'Sender does not match authenticated identity';
-const PEER_GONE = ASAPError.invalidState('The connection closed before the task finished', {
-  reason: 'connection closed',
-});
-
-/** The reply envelope as the JSON text an outcome keeps (a flat string is cheap to hold for the dedupe window). */
-function stringifyReply(request: Envelope, payloadType: string, payload: object): string {
-  return JSON.stringify(createReply(request, payloadType, payload));
-}
-
-/** Spells a reply type in the style the request used (`task.request` → `task.response`). */
-export function replyTypeFor(requestType: string, canonical: string): string {
-  if (!requestType.includes('.') && !requestType.includes('_')) return canonical;
-  const sep = requestType.includes('.') ? '.' : '_';
-  return canonical.replace(/(?!^)([A-Z])/g, `${sep}$1`).toLowerCase();
-}
-
-const REPLY_TYPES: Record<string, string> = {
-  taskrequest: 'TaskResponse',
-  mcptoolcall: 'McpToolResult',
-  mcpresourcefetch: 'McpResourceData',
-};
-
-function isAsyncIterable(v: unknown): v is AsyncIterable<TaskStream | Envelope<TaskStream>> {
-  return typeof v === 'object' && v !== null && Symbol.asyncIterator in v;
-}
-
-function isEnvelopeLike(v: object): v is Envelope<object> {
-  return 'payload_type' in v && 'payload' in v && 'sender' in v && 'id' in v;
-}
-
-/** True for anything with a `then` method. */
-export function isPromiseLike(v: unknown): v is PromiseLike<unknown> {
-  return typeof v === 'object' && v !== null && typeof (v as { then?: unknown }).then === 'function';
-}
 
 /**
  * Turns one decoded JSON-RPC message into the message to send back, for every
@@ -243,50 +126,46 @@ export function isPromiseLike(v: unknown): v is PromiseLike<unknown> {
  */
 export class Dispatcher {
   private readonly registry: HandlerRegistry;
-  /** @internal */
-  readonly logger: Logger;
-  /** @internal */
-  readonly manifest: () => Manifest | undefined;
-  /** @internal Shared by every stream and push loop (see TurnBudget). */
-  readonly turns: TurnBudget;
-  private readonly pushToAgent: DispatcherOptions['pushTo'];
-  private readonly exposeHandlerErrors: boolean;
-  private readonly replay: ReplayGuard | undefined;
+  private readonly logger: Logger;
+  private readonly manifest: () => Manifest | undefined;
+  private readonly replay: ReplayGuard<NonceStore> | undefined;
+  /** @internal The hooks in use (each made safe to call), or undefined when none were given. */
+  readonly hooks: Instrumentation | undefined;
   private readonly dedupe: DedupeStore | undefined;
-  private readonly defaultTimeoutMs: number;
-  private readonly resolutionMs: number;
   private readonly processedAcks: boolean;
-  private readonly running = new Set<TaskScope>();
-  private readonly tasks = new Map<string, TaskScope>();
-  private sweepTimer: ReturnType<typeof setInterval> | undefined;
-  private idleWaiters: (() => void)[] = [];
-  private closed = false;
+  private readonly timers: Timers;
+  /** Runs the handlers this admits. */
+  private readonly tasks: TaskRuntime;
 
   constructor(opts: DispatcherOptions) {
     this.registry = opts.registry;
     this.logger = opts.logger ?? silentLogger;
+    this.hooks = guardInstrumentation(opts.instrumentation, this.logger);
     this.manifest = opts.manifest ?? (() => undefined);
-    this.replay = opts.replay === false ? undefined : new ReplayGuard(opts.replay);
+    this.timers = opts.timers ?? systemTimers;
+    this.replay =
+      opts.replay === false ? undefined : new ReplayGuard<NonceStore>({ clock: this.timers, ...opts.replay });
     this.dedupe =
-      opts.dedupe === false ? undefined : (opts.dedupe ?? new MemoryDedupeStore({ logger: this.logger }));
-    this.turns = new TurnBudget(opts.yieldEveryMs);
-    this.pushToAgent = opts.pushTo;
-    this.exposeHandlerErrors = opts.exposeHandlerErrors ?? true;
-    this.defaultTimeoutMs = opts.defaultTimeoutMs ?? 60_000;
-    this.resolutionMs = opts.deadlineResolutionMs ?? 100;
+      opts.dedupe === false
+        ? undefined
+        : (opts.dedupe ?? new MemoryDedupeStore({ logger: this.logger, clock: this.timers }));
     this.processedAcks = opts.processedAcks ?? false;
+    this.tasks = new TaskRuntime({
+      logger: this.logger,
+      timers: this.timers,
+      manifest: this.manifest,
+      pushTo: opts.pushTo,
+      hooks: this.hooks,
+      defaultTimeoutMs: opts.defaultTimeoutMs ?? 60_000,
+      resolutionMs: opts.deadlineResolutionMs ?? 100,
+      exposeHandlerErrors: opts.exposeHandlerErrors ?? true,
+      yieldEveryMs: opts.yieldEveryMs,
+    });
   }
 
   /** Handlers running now. */
   get inFlight(): number {
-    return this.running.size;
-  }
-
-  /** @internal What `ctx.pushTo` calls. */
-  pushTo(agentUrn: string, envelope: Envelope<object>): Promise<number> {
-    if (this.pushToAgent === undefined)
-      return Promise.reject(ASAPError.invalidState('Push by agent URN is not available here'));
-    return this.pushToAgent(agentUrn, envelope);
+    return this.tasks.inFlight;
   }
 
   /**
@@ -314,6 +193,7 @@ export class Dispatcher {
   private handleMessage(item: BatchItem, session: Session, inBatch: boolean): Answer {
     switch (item.kind) {
       case 'invalid':
+        this.hooks?.rejected?.('validation', item.error.code);
         return encodeError(item.id, item.error);
       case 'success':
       case 'error':
@@ -328,6 +208,7 @@ export class Dispatcher {
       case 'request':
         if (item.method === METHOD_SEND)
           return this.processEnvelope(envelopeParam(item.params), item.id, session, inBatch);
+        this.hooks?.rejected?.('validation', ErrorCode.MethodNotFound);
         return encodeError(item.id, ASAPError.methodNotFound(item.method));
     }
   }
@@ -348,6 +229,7 @@ export class Dispatcher {
     collect: boolean,
   ): Answer {
     if (raw === undefined) {
+      this.hooks?.rejected?.('validation', ErrorCode.InvalidParams);
       return this.answer(
         id,
         ASAPError.invalidParams([{ loc: ['params', 'envelope'], msg: 'Field required', type: 'missing' }]),
@@ -357,6 +239,7 @@ export class Dispatcher {
     if (Array.isArray(env)) {
       const err = ASAPError.invalidParams(env, 'Invalid envelope');
       this.rejectRaw(raw, session, err);
+      this.hooks?.rejected?.('validation', err.code);
       this.logger.warn({ jsonrpc_id: id, issues: env }, 'invalid envelope');
       return this.answer(id, err);
     }
@@ -367,6 +250,7 @@ export class Dispatcher {
         status_code: 403,
       });
       this.ack(env, session, 'rejected', SENDER_MISMATCH);
+      this.hooks?.rejected?.('sender_mismatch', err.code);
       this.logger.warn({ envelope_id: env.id, sender: env.sender }, SENDER_MISMATCH);
       return this.answer(id, err);
     }
@@ -404,6 +288,7 @@ export class Dispatcher {
     session: Session,
     collect: boolean,
   ): Answer {
+    this.hooks?.dedupe?.(claim.state);
     switch (claim.state) {
       case 'new':
         return this.admit(env, type, key, id, session, collect);
@@ -439,7 +324,10 @@ export class Dispatcher {
     }
   }
 
-  /** A new envelope: replay checks, routing, the ack, then the handler. */
+  /**
+   * A new envelope: replay checks (synchronous unless the nonce store answers with a
+   * promise), then {@link accept}. A nonce store that fails refuses it with `Internal error`.
+   */
   private admit(
     env: Envelope,
     type: string,
@@ -449,15 +337,64 @@ export class Dispatcher {
     collect: boolean,
   ): Answer {
     const replayError = this.replay?.check(env.timestamp, env.extensions, session.callerId, env.sender);
-    if (replayError !== undefined) return this.refuse(env, key, id, session, replayError);
+    if (replayError === undefined) return this.accept(env, type, key, id, session, collect);
+    if (!isPromiseLike(replayError))
+      return this.refuse(env, key, id, session, replayError, replayReason(replayError));
+    return replayError.then(
+      (e) =>
+        e === undefined
+          ? this.accept(env, type, key, id, session, collect)
+          : this.refuse(env, key, id, session, e, replayReason(e)),
+      (err: unknown) => {
+        const e = opaqueError(this.logger, err, { envelope_id: env.id, payload_type: env.payload_type });
+        return this.refuse(env, key, id, session, e, 'internal');
+      },
+    );
+  }
+
+  /** An envelope past every check: routing, the ack, then the handler. */
+  private accept(
+    env: Envelope,
+    type: string,
+    key: string | undefined,
+    id: JsonRpcId | undefined,
+    session: Session,
+    collect: boolean,
+  ): Answer {
     const handler = this.route(type, env as Envelope<TaskRequest>);
     if (handler === undefined)
-      return this.refuse(env, key, id, session, ASAPError.handlerNotFound(env.payload_type));
+      return this.refuse(env, key, id, session, ASAPError.handlerNotFound(env.payload_type), 'no_handler');
     this.ack(env, session, 'received');
-    const started = debugEnabled(this.logger) ? performance.now() : 0;
-    const result = this.run(env, type, handler, session, id, collect);
-    if (!isPromiseLike(result)) return this.complete(env, key, id, session, result, started);
-    return result.then((o) => this.complete(env, key, id, session, o, started));
+    const info = this.hooks === undefined ? undefined : this.startRequest(env, type, handler, session);
+    const started = info !== undefined || debugEnabled(this.logger) ? performance.now() : 0;
+    const result = this.tasks.run(env, type, handler, session, id, collect, info);
+    if (!isPromiseLike(result)) return this.complete(env, key, id, session, result, started, info);
+    return result.then((o) => this.complete(env, key, id, session, o, started, info));
+  }
+
+  /** Builds the RequestInfo (only called with hooks installed) and calls `requestStarted`. */
+  private startRequest(env: Envelope, type: string, handler: Handler<object>, session: Session): RequestInfo {
+    // A skill label only for a registered skill: a caller must not grow label sets with made-up names.
+    const skill = type === 'taskrequest' ? (env.payload as TaskRequest).skill_id : undefined;
+    const info = requestInfo(
+      env,
+      session.transport,
+      KNOWN_PAYLOAD_TYPES.get(type) ?? env.payload_type,
+      skill !== undefined && this.registry.getSkill(skill) === handler ? skill : undefined,
+    );
+    this.hooks!.requestStarted?.(info);
+    return info;
+  }
+
+  /** Calls `requestFinished` (only called with hooks installed). */
+  private finishRequest(info: RequestInfo, outcome: Outcome, durationMs: number): void {
+    const finished = this.hooks!.requestFinished;
+    if (finished === undefined) return;
+    if (outcome.kind === 'error') {
+      finished({ ...info, outcome: 'error', errorCode: outcome.error.code, durationMs });
+    } else {
+      finished({ ...info, outcome: 'ok', durationMs });
+    }
   }
 
   /** Refused before its handler ran: the claim is given back, so a corrected resend may still run. */
@@ -467,9 +404,11 @@ export class Dispatcher {
     id: JsonRpcId | undefined,
     session: Session,
     err: ASAPError,
+    reason: RejectReason,
   ): Answer {
     const released = key === undefined ? undefined : this.dedupe!.release(key);
     this.ack(env, session, 'rejected', err.message);
+    this.hooks?.rejected?.(reason, err.code);
     this.logger.warn({ envelope_id: env.id, code: err.code, payload_type: env.payload_type }, err.message);
     const answer = this.answer(id, err);
     return isPromiseLike(released) ? Promise.resolve(released).then(() => answer) : answer;
@@ -483,10 +422,12 @@ export class Dispatcher {
     session: Session,
     outcome: Outcome,
     started: number,
+    info: RequestInfo | undefined,
   ): Answer {
     const stored = key === undefined ? undefined : this.dedupe!.complete(key, outcome);
+    if (info !== undefined) this.finishRequest(info, outcome, performance.now() - started);
     if (this.processedAcks) this.ack(env, session, 'processed');
-    if (started !== 0) {
+    if (started !== 0 && (info === undefined || debugEnabled(this.logger))) {
       this.logger.debug(
         {
           envelope_id: env.id,
@@ -514,176 +455,18 @@ export class Dispatcher {
   /** Built-in TaskCancel: aborts the running task it names. */
   private readonly cancelTask: Handler<object> = (env) => {
     const payload = env.payload as { task_id: string; reason?: string | null };
-    const scope = this.tasks.get(payload.task_id);
-    if (scope === undefined) {
+    const reason = new ASAPError(ErrorCode.InvalidState, payload.reason ?? 'Task cancelled');
+    if (!this.tasks.cancel(payload.task_id, reason)) {
       throw new ASAPError(ErrorCode.TaskNotFound, `Task not found: ${payload.task_id}`, {
         task_id: payload.task_id,
       });
     }
-    scope.abort(new ASAPError(ErrorCode.InvalidState, payload.reason ?? 'Task cancelled'));
     // A bare payload would be refused by toOutcome (no reply type for TaskCancel): reply with a TaskResponse.
     return createReply(env, replyTypeFor(env.payload_type, 'TaskResponse'), {
       task_id: payload.task_id,
       status: 'cancelled',
     });
   };
-
-  /**
-   * Runs the handler. A handler that returns at once yields its outcome at
-   * once; one that returns a promise or a stream yields a promise, settled by
-   * the handler, the deadline sweep, a TaskCancel or shutdown, whichever is first.
-   */
-  private run(
-    env: Envelope,
-    key: string,
-    handler: Handler<object>,
-    session: Session,
-    id: JsonRpcId | undefined,
-    collect: boolean,
-  ): Outcome | Promise<Outcome> {
-    const isTask = key === 'taskrequest';
-    const taskId = isTask || typeof env.payload.task_id !== 'string' ? env.id : env.payload.task_id;
-    const scope = new TaskScope(env, taskId, isTask, session, this);
-    let result: HandlerResult | Promise<HandlerResult>;
-    try {
-      result = handler(env, scope);
-      // Nothing can cancel or time out a handler while it runs synchronously: only one that
-      // returns a promise or a stream is registered for TaskCancel, the deadline and shutdown.
-      if (!isPromiseLike(result) && !isAsyncIterable(result)) return this.toOutcome(env, key, result);
-    } catch (err) {
-      return this.failure(env, key, scope, err);
-    }
-    const config = isTask ? (env.payload as TaskRequest).config : undefined;
-    scope.deadline =
-      performance.now() +
-      (config?.timeout_seconds != null ? config.timeout_seconds * 1000 : this.defaultTimeoutMs);
-    this.running.add(scope);
-    if (isTask) this.tasks.set(taskId, scope);
-    this.ensureSweep();
-    const pending = result;
-    return new Promise<Outcome>((resolve) => {
-      scope.resolve = resolve;
-      const fail = (err: unknown) => this.settle(scope, this.failure(env, key, scope, err));
-      const finish = (r: HandlerResult) => {
-        if (isAsyncIterable(r)) {
-          this.pump(r, env, scope, session, id, collect).then((o) => this.settle(scope, o), fail);
-          return;
-        }
-        try {
-          this.settle(scope, this.toOutcome(env, key, r));
-        } catch (err) {
-          fail(err);
-        }
-      };
-      if (isPromiseLike(pending)) pending.then(finish, fail);
-      else finish(pending);
-    });
-  }
-
-  /** Ends a scope with its outcome, once: the first of handler, deadline, cancel or shutdown wins. */
-  private settle(scope: TaskScope, outcome: Outcome): void {
-    if (scope.done) return;
-    this.release(scope);
-    scope.resolve?.(outcome);
-  }
-
-  private release(scope: TaskScope): void {
-    scope.done = true;
-    this.running.delete(scope);
-    if (scope.isTask) this.tasks.delete(scope.taskId);
-    if (this.running.size === 0) this.notifyIdle();
-  }
-
-  private failure(env: Envelope, key: string, scope: TaskScope, err: unknown): Outcome {
-    if (scope.aborted && key === 'taskrequest') {
-      // A task stopped by TaskCancel answers like the reference: a TaskResponse with status cancelled.
-      return {
-        kind: 'result',
-        envelope: stringifyReply(env, replyTypeFor(env.payload_type, 'TaskResponse'), {
-          task_id: env.id,
-          status: 'cancelled',
-        }),
-      };
-    }
-    const e = handlerError(this.logger, err, this.exposeHandlerErrors, {
-      envelope_id: env.id,
-      payload_type: env.payload_type,
-    });
-    if (err instanceof ASAPError)
-      this.logger.warn({ envelope_id: env.id, code: e.code, err: e.message }, 'handler refused the request');
-    return { kind: 'error', error: e.toJSON() };
-  }
-
-  private toOutcome(env: Envelope, key: string, r: HandlerResult): Outcome {
-    if (r === undefined || r === null) {
-      return {
-        kind: 'result',
-        envelope: stringifyReply(env, replyTypeFor(env.payload_type, 'MessageAck'), {
-          original_envelope_id: env.id,
-          status: 'processed',
-        }),
-      };
-    }
-    const obj = r as JsonObject;
-    if (isEnvelopeLike(obj)) {
-      const reply = obj as Envelope<object>;
-      if (reply.correlation_id == null) reply.correlation_id = env.id;
-      return { kind: 'result', envelope: JSON.stringify(reply) };
-    }
-    const replyType = REPLY_TYPES[key];
-    if (replyType === undefined) {
-      throw ASAPError.internal(`A ${env.payload_type} handler must return an envelope (use ctx.reply)`);
-    }
-    return { kind: 'result', envelope: stringifyReply(env, replyTypeFor(env.payload_type, replyType), obj) };
-  }
-
-  /**
-   * Writes each chunk as it comes; the final chunk is the outcome, so a duplicate request gets it too.
-   * Between chunks it honours the send buffer (the write's promise), the turn budget (so a
-   * generator that never awaits cannot hold the event loop) and the deadline (checked here too,
-   * since the sweep timer only runs when the loop gets a turn).
-   */
-  private async pump(
-    source: AsyncIterable<TaskStream | Envelope<TaskStream>>,
-    env: Envelope,
-    scope: TaskScope,
-    session: Session,
-    id: JsonRpcId | undefined,
-    collect: boolean,
-  ): Promise<Outcome> {
-    const live = session.interactive && !collect && id !== undefined;
-    for await (const chunk of source) {
-      if (scope.done) break;
-      const reply = isEnvelopeLike(chunk) ? chunk : createReply(env, 'TaskStream', chunk);
-      if (reply.correlation_id == null) reply.correlation_id = env.id;
-      if (reply.payload.final === true) return { kind: 'result', envelope: JSON.stringify(reply) };
-      if (live) {
-        const w = session.write(encodeEnvelopeResult(id, reply));
-        if (w !== undefined) await w;
-      }
-      const pause = this.turns.pause();
-      if (pause !== undefined) await pause;
-      if (scope.done) break;
-      if (session.closed === true) {
-        // Nobody reads the rest: stop pulling. The outcome says so, for a resend after a reconnect.
-        scope.abort(PEER_GONE);
-        this.settle(scope, { kind: 'error', error: PEER_GONE.toJSON() });
-        break;
-      }
-      if (performance.now() >= scope.deadline) {
-        this.expire(scope);
-        break;
-      }
-    }
-    return {
-      kind: 'result',
-      envelope: stringifyReply(env, 'TaskStream', {
-        chunk: '',
-        final: true,
-        status: 'completed',
-      } satisfies TaskStream),
-    };
-  }
 
   private encodeOutcome(id: JsonRpcId | undefined, outcome: Outcome): string | undefined {
     if (id === undefined) return undefined;
@@ -712,6 +495,7 @@ export class Dispatcher {
     if (error !== undefined) payload.error = error;
     const ack = createReply(env, 'MessageAck', payload);
     void session.write(encodeNotification(METHOD_ACK, { envelope: ack }));
+    this.hooks?.ackSent?.(status);
   }
 
   /** A `rejected` ack for an envelope too broken to validate, when its id and addresses can still be read. */
@@ -723,50 +507,19 @@ export class Dispatcher {
     this.ack({ ...header, asap_version, requires_ack: true }, session, 'rejected', err.message);
   }
 
-  private ensureSweep(): void {
-    if (this.sweepTimer !== undefined || this.closed) return;
-    this.sweepTimer = setInterval(() => this.sweep(), this.resolutionMs);
-    this.sweepTimer.unref?.();
-  }
-
-  /** Ends a scope at its deadline: aborted, and answered -32033. */
-  private expire(scope: TaskScope): void {
-    const err = ASAPError.timeout(`Handler exceeded its deadline for ${scope.taskId}`);
-    scope.abort(err);
-    this.settle(scope, { kind: 'error', error: err.toJSON() });
-  }
-
-  private sweep(): void {
-    const now = performance.now();
-    for (const scope of this.running) if (scope.deadline <= now) this.expire(scope);
-    if (this.running.size === 0 && this.sweepTimer !== undefined) {
-      clearInterval(this.sweepTimer);
-      this.sweepTimer = undefined;
-    }
-  }
-
   /** Resolves when no handler is running. */
   idle(): Promise<void> {
-    if (this.running.size === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+    return this.tasks.idle();
   }
 
-  private notifyIdle(): void {
-    const waiters = this.idleWaiters;
-    this.idleWaiters = [];
-    for (const w of waiters) w();
+  /** Aborts every running handler (shutdown past the drain deadline) and stops the deadline sweep. */
+  close(reason?: unknown): void {
+    this.tasks.close(reason);
   }
+}
 
-  /** Aborts every running handler (shutdown past the drain deadline) and stops the sweep. */
-  close(reason: unknown = ASAPError.resourceExhausted('Server shutting down')): void {
-    this.closed = true;
-    for (const scope of this.running) {
-      scope.abort(reason);
-      this.settle(scope, { kind: 'error', error: toASAPError(reason).toJSON() });
-    }
-    if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer);
-    this.sweepTimer = undefined;
-  }
+function replayReason(err: ASAPError): RejectReason {
+  return err.code === ErrorCode.InvalidNonce ? 'invalid_nonce' : 'invalid_timestamp';
 }
 
 const unknownSkill: Handler<object> = (env) => {

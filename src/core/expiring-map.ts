@@ -52,6 +52,24 @@ export class ExpiringMap<V> {
     this.evict(now);
   }
 
+  /**
+   * Inserts `key` unless a live entry holds it: true when inserted, false when it was already
+   * there (its value and age untouched). One lookup, for "seen before?" checks on a hot path.
+   * `ttlMs` overrides the map's TTL for this entry; the size cap still drops the oldest inserted
+   * first, and an entry outliving a shorter-lived one behind it only delays that one's release,
+   * never its expiry (`get` and `add` check each entry's own deadline).
+   */
+  add(key: string, value: V, ttlMs: number = this.ttlMs): boolean {
+    const now = this.clock.now();
+    const existing = this.map.get(key);
+    if (existing !== undefined && existing.expires > now) return false;
+    const slot: Slot<V> = { key, value, expires: now + ttlMs };
+    this.map.set(key, slot);
+    this.queue.push(slot);
+    this.evict(now);
+    return true;
+  }
+
   delete(key: string): void {
     this.map.delete(key);
   }

@@ -1,45 +1,55 @@
 import type { WebSocket } from 'ws';
+import type { AckOptions } from '../core/ack-tracker.js';
+import type { SendResult } from '../core/channel.js';
 import { type Answer, isPromiseLike, type Session } from '../core/dispatcher.js';
 import { boundAgents, principalId } from '../core/identity.js';
+import type { Instrumentation } from '../core/instrumentation.js';
 import type { Logger } from '../core/logger.js';
 import { opaqueError } from '../core/opaque-error.js';
+import { Peer } from '../core/peer.js';
+import type { Timer, Timers } from '../core/timers.js';
 import { TokenBucket } from '../core/token-bucket.js';
 import { createEnvelope, type Envelope } from '../protocol/envelope.js';
-import { ASAPError, ConnectionError, ProtocolError, RequestTimeoutError } from '../protocol/errors.js';
+import { ASAPError, ConnectionError } from '../protocol/errors.js';
 import {
-  decodeFrame,
   type ErrorFrame,
-  encodeEnvelopeRequest,
-  encodeEnvelopeResult,
   encodeError,
-  encodeNotification,
   type Frame,
-  METHOD_SEND,
   PING_FRAME,
-  PONG_FRAME,
   type SuccessFrame,
 } from '../protocol/jsonrpc.js';
-import { ACKED_TYPES, type MessageAck, normalizePayloadType } from '../protocol/payloads.js';
-import { isJsonObject } from '../protocol/schema-util.js';
+import type { MessageAck } from '../protocol/payloads.js';
+import type { Drain } from './drain.js';
+import type { PushTarget } from './push-adapter.js';
 
-/** What a connection needs from the server that owns it. */
-export interface ConnectionHost {
-  readonly logger: Logger;
+/** Per-connection bounds (asap-wire.md §10). */
+export interface ConnectionLimits {
+  /** Requests in flight before the connection stops reading. */
   readonly maxInFlight: number;
+  /** Send-buffer size at which the connection is congested. */
   readonly highWaterMark: number;
-  /** Send-buffer size that, held for `slowConsumerGraceMs`, closes the connection (§10 slow consumers). */
+  /** Send-buffer size that, held for `slowConsumerGraceMs`, closes the connection (slow consumers). */
   readonly sendHardCap: number;
   readonly slowConsumerGraceMs: number;
-  readonly pushForm: 'notification' | 'result';
-  readonly draining: boolean;
-  readonly drainRetryAfterMs: number;
+  /** Messages per second, also the burst; 0: no limit. */
   readonly rateLimit: number;
-  handle(frame: Frame, session: Session): Answer;
-  begin(): () => void;
-  identify(connection: Connection, agentUrn: string): void;
-  onAck(connection: Connection, envelope: Envelope<MessageAck>): void;
-  trackPush(connection: Connection, envelopeId: string, text: string): Promise<void>;
-  closed(connection: Connection): void;
+}
+
+/** What a connection needs from the server around it, and nothing more. */
+export interface ConnectionDeps {
+  readonly logger: Logger;
+  readonly timers: Timers;
+  readonly limits: ConnectionLimits;
+  readonly drain: Drain;
+  readonly pushForm: 'notification' | 'result';
+  /** Acks and retransmission of pushes that require one (§6). */
+  readonly ack: (AckOptions & { checkIntervalMs?: number }) | undefined;
+  readonly instrumentation?: Instrumentation;
+  /** The dispatcher: a frame in, its answer out. */
+  dispatch(frame: Frame, session: Session): Answer;
+  /** The connection now speaks as `urn` (index it for push). */
+  identify(connection: Connection, urn: string): void;
+  closed(connection: Connection, code: number, reason: string): void;
 }
 
 /** A snapshot of one connection, as `server.connections` lists it. */
@@ -49,13 +59,6 @@ export interface ConnectionInfo {
   agentUrn: string | undefined;
   connectedAt: Date;
   inFlight: number;
-}
-
-interface PendingReverse {
-  envelopeId: string;
-  resolve: (env: Envelope<object>) => void;
-  reject: (err: Error) => void;
-  timer: ReturnType<typeof setTimeout>;
 }
 
 let nextConnectionId = 1;
@@ -68,7 +71,7 @@ function onMessage(this: WebSocket, data: Buffer | ArrayBuffer | Buffer[]): void
   owner(this).receive(data);
 }
 function onPong(this: WebSocket): void {
-  owner(this).lastSeen = Date.now();
+  owner(this).touch();
 }
 function onError(this: WebSocket, err: Error): void {
   owner(this).socketError(err);
@@ -85,21 +88,26 @@ const BACKPRESSURE = 2;
 interface Congestion {
   drained: Promise<void>;
   resolve: () => void;
-  timer: ReturnType<typeof setTimeout>;
+  timer: Timer;
   progress: boolean;
   overCap: boolean;
 }
 
-/** One WebSocket peer: framing, limits, backpressure, push and reverse requests. It is the dispatcher's Session. */
-export class Connection implements Session {
+/**
+ * One WebSocket peer on the server: its bounds (rate, in-flight cap,
+ * backpressure, slow consumers) and the channel under its {@link Peer}, which
+ * routes what arrives and owns push acks and reverse requests. It is the
+ * dispatcher's Session.
+ */
+export class Connection implements Session, PushTarget {
   readonly transport = 'websocket' as const;
   readonly interactive = true;
   readonly id = nextConnectionId++;
   /** Connection time in ms since the epoch (a number, not a Date: thousands of idle connections add up). */
-  private readonly openedAt = Date.now();
+  private readonly openedAt: number;
   agentUrn: string | undefined;
   /** Last time anything arrived (ms since epoch); the server's sweep reads it. */
-  lastSeen = Date.now();
+  lastSeen: number;
   /** When the server started closing it as stale (0 = not closing). */
   closingSince = 0;
   inFlight = 0;
@@ -116,17 +124,23 @@ export class Connection implements Session {
   /** Set once the server closes it for a policy reason: frames still arriving are ignored. */
   private refusing = false;
   private readonly bucket: TokenBucket | undefined;
-  /** Reverse requests awaiting the client's answer; made on first use. */
-  private reverse: Map<string, PendingReverse> | undefined;
-  private nextReverseId = 1;
+  /** Made on first use: an idle connection keeps none. */
+  private _peer: Peer | undefined;
+  private readonly limits: ConnectionLimits;
+  private expiry: Timer | undefined;
 
   constructor(
     readonly socket: WebSocket,
     readonly remoteAddress: string | undefined,
     readonly principal: unknown,
-    private readonly host: ConnectionHost,
+    private readonly deps: ConnectionDeps,
   ) {
-    this.bucket = host.rateLimit > 0 ? new TokenBucket(host.rateLimit, host.rateLimit) : undefined;
+    this.limits = deps.limits;
+    this.openedAt = this.lastSeen = deps.timers.now();
+    this.bucket =
+      this.limits.rateLimit > 0
+        ? new TokenBucket(this.limits.rateLimit, this.limits.rateLimit, deps.timers)
+        : undefined;
     this.callerId = principalId(principal);
     this.agents = boundAgents(principal);
     // Shared listeners (no closures per connection): idle connections are many, and each byte counts.
@@ -135,6 +149,34 @@ export class Connection implements Session {
     socket.on('pong', onPong);
     socket.on('error', onError);
     socket.once('close', onClose);
+    const expiresAt = (principal as { expiresAt?: unknown } | null)?.expiresAt;
+    if (typeof expiresAt === 'number') {
+      // The credential ends: so does the connection (the client reconnects with a fresh one).
+      this.expiry = deps.timers.setTimeout(
+        () => this.close(4401, 'Token expired'),
+        Math.max(0, expiresAt - this.openedAt),
+      );
+    }
+  }
+
+  private get peer(): Peer {
+    this._peer ??= new Peer(this, {
+      idPrefix: 'srv-req-',
+      inbound: (frame) => this.admit(frame),
+      gate: this.bucket === undefined ? undefined : (frame) => this.withinRate(frame),
+      pushForm: this.deps.pushForm,
+      ack: this.deps.ack,
+      resolutionMs: this.deps.ack?.checkIntervalMs ?? 1000,
+      timers: this.deps.timers,
+      logger: this.deps.logger,
+      instrumentation: this.deps.instrumentation,
+    });
+    return this._peer;
+  }
+
+  /** @internal Something arrived (a message or a pong). */
+  touch(): void {
+    this.lastSeen = this.deps.timers.now();
   }
 
   get info(): ConnectionInfo {
@@ -159,27 +201,25 @@ export class Connection implements Session {
   /** @internal */
   receive(data: Buffer | ArrayBuffer | Buffer[]): void {
     if (this.limited || this.refusing) return;
-    this.lastSeen = Date.now();
+    this.lastSeen = this.deps.timers.now();
     const text = Array.isArray(data)
       ? Buffer.concat(data).toString('utf8')
       : Buffer.isBuffer(data)
         ? data.toString('utf8')
         : Buffer.from(data).toString('utf8');
-    if (text === PING_FRAME) {
-      void this.write(PONG_FRAME);
-      return;
-    }
-    if (text === PONG_FRAME) return;
-    const frame = decodeFrame(text);
-    if (frame.kind === 'heartbeat') {
-      if (frame.type === 'ping') void this.write(PONG_FRAME);
-      return;
-    }
-    if (this.bucket !== undefined && !this.bucket.take()) {
-      this.refuseRateLimited(frame);
-      return;
-    }
-    if (this.inFlight >= this.host.maxInFlight) {
+    this.peer.receive(text);
+  }
+
+  /** Every message but heartbeats counts against the rate limit. */
+  private withinRate(frame: Frame): boolean {
+    if (this.bucket!.take()) return true;
+    this.refuseRateLimited(frame);
+    return false;
+  }
+
+  /** What the peer hands on (requests, envelopes, batches): run now, or wait in order for a free slot. */
+  private admit(frame: Frame): void {
+    if (this.inFlight >= this.limits.maxInFlight) {
       // Over the cap: wait in order for a free slot (nothing is dropped or refused).
       this.backlog ??= [];
       this.backlog.push(frame);
@@ -189,16 +229,16 @@ export class Connection implements Session {
   }
 
   private dispatch(frame: Frame): void {
-    if (this.host.draining && (frame.kind === 'request' || frame.kind === 'batch')) {
+    if (this.deps.drain.draining && (frame.kind === 'request' || frame.kind === 'batch')) {
       const err = ASAPError.resourceExhausted('Server shutting down', {
-        retry_after_ms: this.host.drainRetryAfterMs,
+        retry_after_ms: this.deps.drain.timeoutMs,
       });
       this.write(encodeError(frame.kind === 'request' ? frame.id : null, err));
       return;
     }
     let answer: Answer;
     try {
-      answer = this.host.handle(frame, this);
+      answer = this.deps.dispatch(frame, this);
     } catch (err) {
       this.dispatchFailed(frame, err);
       return;
@@ -209,9 +249,9 @@ export class Connection implements Session {
       return;
     }
     this.inFlight++;
-    const done = this.host.begin();
+    const done = this.deps.drain.begin();
     // Stop reading this socket until a slot frees; nothing is dropped or refused.
-    if (this.inFlight >= this.host.maxInFlight) this.block(IN_FLIGHT);
+    if (this.inFlight >= this.limits.maxInFlight) this.block(IN_FLIGHT);
     answer.then(
       (text) => {
         if (text !== undefined) this.write(text);
@@ -226,7 +266,7 @@ export class Connection implements Session {
 
   private dispatchFailed(frame: Frame, err: unknown): void {
     // (e.g. a shared dedupe store failed) A request must still get an answer, and never the cause.
-    const e = opaqueError(this.host.logger, err, { conn: this.id });
+    const e = opaqueError(this.deps.logger, err, { conn: this.id });
     if (frame.kind === 'request') void this.write(encodeError(frame.id, e));
   }
 
@@ -234,19 +274,22 @@ export class Connection implements Session {
     this.inFlight--;
     done();
     const backlog = this.backlog;
-    while (backlog !== undefined && backlog.length > 0 && this.inFlight < this.host.maxInFlight)
+    while (backlog !== undefined && backlog.length > 0 && this.inFlight < this.limits.maxInFlight)
       this.dispatch(backlog.shift()!);
     if (this.limited) {
       if (this.inFlight === 0) this.close(1008, 'Rate limit exceeded');
-    } else if (this.inFlight < this.host.maxInFlight) {
+    } else if (this.inFlight < this.limits.maxInFlight) {
       this.unblock(IN_FLIGHT);
     }
   }
 
   private refuseRateLimited(frame: Frame): void {
     const id = frame.kind === 'request' ? frame.id : frame.kind === 'invalid' ? frame.id : null;
-    const err = ASAPError.resourceExhausted('Rate limit exceeded', { limit_per_second: this.host.rateLimit });
-    this.host.logger.warn({ conn: this.id, agent: this.agentUrn }, 'rate limit exceeded; closing');
+    const err = ASAPError.resourceExhausted('Rate limit exceeded', {
+      limit_per_second: this.limits.rateLimit,
+    });
+    this.deps.instrumentation?.rejected?.('rate_limit', err.code);
+    this.deps.logger.warn({ conn: this.id, agent: this.agentUrn }, 'rate limit exceeded; closing');
     this.write(encodeError(id, err));
     this.limited = true;
     // Requests accepted before the overflow are still answered (see settle); then the connection closes.
@@ -264,14 +307,14 @@ export class Connection implements Session {
   write(text: string): void | Promise<void> {
     const socket = this.socket;
     if (socket.readyState !== 1) return;
-    if (this.congestion === undefined && socket.bufferedAmount + text.length < this.host.highWaterMark) {
+    if (this.congestion === undefined && socket.bufferedAmount + text.length < this.limits.highWaterMark) {
       socket.send(text);
       return;
     }
     // The callback says when this frame left the buffer: the peer is reading.
     socket.send(text, this.flushed);
     const c = this.congestion ?? this.congest();
-    if (socket.bufferedAmount > this.host.sendHardCap) c.overCap = true;
+    if (socket.bufferedAmount > this.limits.sendHardCap) c.overCap = true;
     return c.drained;
   }
 
@@ -280,7 +323,7 @@ export class Connection implements Session {
     const drained = new Promise<void>((r) => {
       resolve = r;
     });
-    const timer = setTimeout(this.checkStall, this.host.slowConsumerGraceMs);
+    const timer = this.deps.timers.setTimeout(this.checkStall, this.limits.slowConsumerGraceMs);
     const c: Congestion = { drained, resolve, timer, progress: false, overCap: false };
     this.congestion = c;
     this.block(BACKPRESSURE);
@@ -291,7 +334,7 @@ export class Connection implements Session {
     const c = this.congestion;
     if (c === undefined) return;
     this.congestion = undefined;
-    clearTimeout(c.timer);
+    c.timer.cancel();
     c.resolve();
     this.unblock(BACKPRESSURE);
   }
@@ -302,17 +345,17 @@ export class Connection implements Session {
     if (c === undefined) return;
     c.progress = true;
     const buffered = this.socket.bufferedAmount;
-    if (buffered < this.host.highWaterMark || this.socket.readyState !== 1) this.decongest();
-    else c.overCap = buffered > this.host.sendHardCap;
+    if (buffered < this.limits.highWaterMark || this.socket.readyState !== 1) this.decongest();
+    else c.overCap = buffered > this.limits.sendHardCap;
   };
 
   /** Runs every grace period while congested: no progress, or over the cap all along, closes. */
   private readonly checkStall = (): void => {
     const c = this.congestion;
     if (c === undefined) return;
-    const overCap = c.overCap && this.socket.bufferedAmount > this.host.sendHardCap;
+    const overCap = c.overCap && this.socket.bufferedAmount > this.limits.sendHardCap;
     if (!c.progress || overCap) {
-      this.host.logger.warn(
+      this.deps.logger.warn(
         { conn: this.id, agent: this.agentUrn, buffered: this.socket.bufferedAmount, stalled: !c.progress },
         'slow consumer; closing',
       );
@@ -321,13 +364,12 @@ export class Connection implements Session {
       // The close frame waits behind the unsent data, and the peer may never read it: do not
       // wait for ws's 30 s close timeout either.
       this.socket.close(1008, 'Slow consumer');
-      const t = setTimeout(() => this.terminate(), Math.min(this.host.slowConsumerGraceMs, 5000));
-      t.unref?.();
+      this.deps.timers.setTimeout(() => this.terminate(), Math.min(this.limits.slowConsumerGraceMs, 5000));
       return;
     }
     c.progress = false;
-    c.overCap = this.socket.bufferedAmount > this.host.sendHardCap;
-    c.timer = setTimeout(this.checkStall, this.host.slowConsumerGraceMs);
+    c.overCap = this.socket.bufferedAmount > this.limits.sendHardCap;
+    c.timer = this.deps.timers.setTimeout(this.checkStall, this.limits.slowConsumerGraceMs);
   };
 
   private block(reason: number): void {
@@ -351,29 +393,27 @@ export class Connection implements Session {
     if (this.agentUrn === undefined) this.agentUrn = urn;
     else if (this.agents === undefined || this.urns.includes(urn)) return;
     this.urns.push(urn);
-    this.host.identify(this, urn);
+    this.deps.identify(this, urn);
   }
 
+  /** An ack in a batch (the peer routes the others itself). */
   onAck(envelope: Envelope<MessageAck>): void {
-    this.host.onAck(this, envelope);
+    this.peer.acknowledge(envelope);
   }
 
-  /** Sends an envelope as server push, in the form the server is configured for. */
-  push(init: Envelope<object>): Promise<void> {
+  /** An answer in a batch: to one of our reverse requests, or dropped. */
+  onResponse(frame: SuccessFrame | ErrorFrame): void {
+    if (!this.peer.response(frame))
+      this.deps.logger.debug({ conn: this.id, id: frame.id }, 'response to no pending request dropped');
+  }
+
+  /**
+   * Sends an envelope as server push, in the form the server is configured for. One that
+   * requires an ack (the types §6 lists always do) settles on the ack, retransmitted until then.
+   */
+  push(envelope: Envelope<object>): Promise<void> {
     if (!this.isOpen) return Promise.reject(new ConnectionError('Connection is closed'));
-    const envelope =
-      init.requires_ack !== true && ACKED_TYPES.has(normalizePayloadType(init.payload_type))
-        ? { ...init, requires_ack: true }
-        : init;
-    const text =
-      this.host.pushForm === 'result'
-        ? encodeEnvelopeResult(null, envelope)
-        : encodeNotification(METHOD_SEND, { envelope });
-    const written = Promise.resolve(this.write(text));
-    // A push that requires an ack settles when the client acknowledges it (retransmitted until then).
-    if (envelope.requires_ack === true)
-      return written.then(() => this.host.trackPush(this, envelope.id, text));
-    return written;
+    return this.peer.send(this.peer.withAck(envelope));
   }
 
   /**
@@ -382,42 +422,30 @@ export class Connection implements Session {
    */
   request(
     init: Envelope<object> | Parameters<typeof createEnvelope>[0],
-    opts: { timeoutMs?: number } = {},
+    opts: { timeoutMs?: number; signal?: AbortSignal } = {},
   ): Promise<Envelope<object>> {
     const envelope = 'id' in init && 'timestamp' in init ? (init as Envelope<object>) : createEnvelope(init);
     if (!this.isOpen) return Promise.reject(new ConnectionError('Connection is closed'));
-    const id = `srv-req-${this.nextReverseId++}`;
-    return new Promise((resolve, reject) => {
-      const timeoutMs = opts.timeoutMs ?? 60_000;
-      const timer = setTimeout(() => {
-        this.reverse?.delete(id);
-        reject(new RequestTimeoutError(`No response to ${id} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.reverse ??= new Map();
-      this.reverse.set(id, { envelopeId: envelope.id, resolve, reject, timer });
-      void this.write(encodeEnvelopeRequest(METHOD_SEND, envelope, id));
-    });
+    return this.peer.request(envelope, opts);
   }
 
-  onResponse(frame: SuccessFrame | ErrorFrame): void {
-    const key = frame.id === null ? undefined : String(frame.id);
-    const pending = key === undefined ? undefined : this.reverse?.get(key);
-    if (pending === undefined) {
-      this.host.logger.debug({ conn: this.id, id: frame.id }, 'response to no pending request dropped');
-      return;
-    }
-    this.reverse?.delete(key!);
-    clearTimeout(pending.timer);
-    if (frame.kind === 'error') {
-      pending.reject(ASAPError.fromJSON(frame.error));
-      return;
-    }
-    const env = isJsonObject(frame.result) ? frame.result.envelope : undefined;
-    if (!isJsonObject(env) || env.correlation_id !== pending.envelopeId) {
-      pending.reject(new ProtocolError('Response does not bind to its request (correlation_id mismatch)'));
-      return;
-    }
-    pending.resolve(env as unknown as Envelope<object>);
+  // ---- the Peer's channel ----
+
+  /** @internal */
+  get maxHeld(): number {
+    return 0;
+  }
+
+  /** @internal */
+  send(text: string): SendResult {
+    if (this.socket.readyState !== 1) return 'closed';
+    void this.write(text);
+    return 'written';
+  }
+
+  /** @internal */
+  drained(): Promise<void> | undefined {
+    return this.congestion?.drained;
   }
 
   /** Sends an app-level ping (the server's heartbeat). */
@@ -440,17 +468,14 @@ export class Connection implements Session {
 
   /** @internal */
   socketError(err: Error): void {
-    this.host.logger.debug({ conn: this.id, err: err.message }, 'websocket error');
+    this.deps.logger.debug({ conn: this.id, err: err.message }, 'websocket error');
   }
 
   /** @internal */
   onClose(code: number, reason: string): void {
     this.decongest();
-    for (const [key, pending] of this.reverse ?? []) {
-      clearTimeout(pending.timer);
-      pending.reject(new ConnectionError(`Connection closed (${code}${reason ? ` ${reason}` : ''})`));
-      this.reverse?.delete(key);
-    }
-    this.host.closed(this);
+    this.expiry?.cancel();
+    this._peer?.close(new ConnectionError(`Connection closed (${code}${reason ? ` ${reason}` : ''})`));
+    this.deps.closed(this, code, reason);
   }
 }

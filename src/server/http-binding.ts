@@ -1,11 +1,13 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Dispatcher, Session } from '../core/dispatcher.js';
 import { boundAgents, principalId } from '../core/identity.js';
+import type { Instrumentation } from '../core/instrumentation.js';
 import type { Logger } from '../core/logger.js';
 import { opaqueError } from '../core/opaque-error.js';
-import { ASAPError } from '../protocol/errors.js';
+import { ASAPError, ErrorCode } from '../protocol/errors.js';
 import { decodeFrame, encodeError } from '../protocol/jsonrpc.js';
-import { bearerFromHeader } from './auth.js';
+import { type AuthCheck, bearerFromHeader } from './auth.js';
+import type { Drain } from './drain.js';
 import {
   CORS_ALLOW_HEADERS,
   CORS_ALLOW_METHODS,
@@ -14,26 +16,23 @@ import {
   type OriginPolicy,
 } from './origin.js';
 
-export interface HttpBindingHost {
+/** What the HTTP binding needs from the server around it. */
+export interface HttpBindingDeps {
   readonly dispatcher: Dispatcher;
   readonly logger: Logger;
   readonly maxMessageBytes: number;
-  readonly draining: boolean;
-  readonly drainRetryAfterMs: number;
+  /** Counts requests in flight, so shutdown can wait for them, and says when the server drains. */
+  readonly drain: Drain;
   readonly rpcPath: string;
   readonly manifestPath: string;
   readonly healthPath: string;
-  /** False when no token check is configured (the binding then skips it). */
-  readonly authRequired: boolean;
-  authenticate(
-    token: string | undefined,
-  ): Promise<{ ok: true; principal: unknown } | { ok: false; reason: string }>;
+  /** Token check; undefined when the server is open. */
+  readonly authenticate: AuthCheck | undefined;
   manifestFor(req: IncomingMessage): object;
   health(): { status: number; body: object };
-  /** Counts a request as in flight until `done` is called, so shutdown can wait for it. */
-  begin(): () => void;
   /** Which browser origins may call us (asap-wire.md §10). */
   readonly origins: OriginPolicy;
+  readonly instrumentation: Instrumentation | undefined;
 }
 
 const JSON_TYPE = 'application/json';
@@ -62,7 +61,7 @@ function isJsonContentType(header: string | undefined): boolean {
 
 /** The HTTP binding of asap-wire.md §4: POST /asap, the manifest and health. */
 export class HttpBinding {
-  constructor(private readonly host: HttpBindingHost) {}
+  constructor(private readonly host: HttpBindingDeps) {}
 
   /**
    * The Origin check of asap-wire.md §10 for a request to one of our routes
@@ -129,20 +128,28 @@ export class HttpBinding {
 
   private async rpc(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const h = this.host;
-    const done = h.begin();
+    const done = h.drain.begin();
     try {
-      if (h.draining) {
+      if (h.drain.draining) {
         const err = ASAPError.resourceExhausted('Server shutting down', {
-          retry_after_ms: h.drainRetryAfterMs,
+          retry_after_ms: h.drain.timeoutMs,
         });
         req.resume();
         sendJson(res, 503, encodeError(null, err), {
-          'retry-after': String(Math.ceil(h.drainRetryAfterMs / 1000)),
+          'retry-after': String(Math.ceil(h.drain.timeoutMs / 1000)),
         });
         return;
       }
-      const auth = h.authRequired ? await h.authenticate(bearerFromHeader(req.headers.authorization)) : OPEN;
+      const auth =
+        h.authenticate === undefined
+          ? OPEN
+          : await h.authenticate(bearerFromHeader(req.headers.authorization), {
+              transport: 'http',
+              headers: req.headers,
+              remoteAddress: req.socket.remoteAddress,
+            });
       if (!auth.ok) {
+        h.instrumentation?.rejected?.('auth', ErrorCode.Unauthorized);
         req.resume();
         sendJson(res, 401, encodeError(null, ASAPError.unauthorized(auth.reason)), {
           'www-authenticate': 'Bearer',

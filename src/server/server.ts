@@ -1,23 +1,25 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { WebSocketServer } from 'ws';
-import { type AckOptions, AckTracker } from '../core/ack-tracker.js';
+import type { AckOptions } from '../core/ack-tracker.js';
 import type { DedupeStore } from '../core/dedupe.js';
-import { type Answer, Dispatcher } from '../core/dispatcher.js';
+import { Dispatcher } from '../core/dispatcher.js';
+import { guardInstrumentation, type Instrumentation } from '../core/instrumentation.js';
 import { type Logger, silentLogger } from '../core/logger.js';
 import { type Handler, HandlerRegistry, type SkillInfo } from '../core/registry.js';
 import type { ReplayOptions } from '../core/replay.js';
+import { systemTimers, type Timers } from '../core/timers.js';
 import { createEnvelope, type Envelope, type EnvelopeInit } from '../protocol/envelope.js';
-import { ASAPError, ConnectionError, ErrorCode } from '../protocol/errors.js';
-import { ASAP_SUBPROTOCOL, BEARER_PROTOCOL_PREFIX, type Frame } from '../protocol/jsonrpc.js';
 import type { Health, Manifest } from '../protocol/manifest.js';
-import type { MessageAck, PayloadMap, PayloadTypeName } from '../protocol/payloads.js';
-import { bearerFromHeader, bearerFromProtocols, staticToken, type TokenVerifier } from './auth.js';
-import { Connection, type ConnectionHost, type ConnectionInfo } from './connection.js';
-import { HttpBinding, type HttpBindingHost } from './http-binding.js';
+import type { PayloadMap, PayloadTypeName } from '../protocol/payloads.js';
+import { type Authenticator, authCheck, type TokenVerifier } from './auth.js';
+import type { Connection, ConnectionInfo } from './connection.js';
+import { Drain } from './drain.js';
+import { HttpBinding } from './http-binding.js';
 import { buildManifest, type ManifestInit } from './manifest.js';
 import { OriginPolicy } from './origin.js';
+import { LocalPushAdapter, type PushAdapter } from './push-adapter.js';
 import { StaticFiles } from './static.js';
+import { WebSocketBinding } from './ws-binding.js';
 
 export interface ASAPServerOptions {
   /** The agent: its URN and what the manifest says about it. */
@@ -28,6 +30,14 @@ export interface ASAPServerOptions {
   token?: string;
   /** A pluggable check instead of `token`: token → principal, or null to refuse. */
   verifyToken?: TokenVerifier;
+  /** The most general check (token and request → principal with URNs and expiry); wins over the two above. */
+  authenticate?: Authenticator;
+  /** Where pushes to an agent URN go (default: this process's connections). */
+  pushAdapter?: PushAdapter;
+  /** Hooks that metrics and tracing subscribe to. */
+  instrumentation?: Instrumentation;
+  /** Clock and timers of heartbeats, deadlines, acks and drain (default: the system's). */
+  timers?: Timers;
   logger?: Logger;
   /** Frame and body size limit in bytes (default 10 MiB). */
   maxMessageBytes?: number;
@@ -114,62 +124,37 @@ export interface BoundAddress {
 // biome-ignore lint/suspicious/noExplicitAny: EventEmitter listeners are untyped
 type Listener = (...args: any[]) => void;
 
-/** A listener defined outside `upgrade()`, so it does not keep the upgrade request alive per connection. */
-const ignore = (): void => {};
-
-type AuthResult = { ok: true; principal: unknown } | { ok: false; reason: string };
-
-const SHUTDOWN_REASON = 'Server shutting down';
-
-const pushKey = (connection: Connection, envelopeId: string): string => `${connection.id} ${envelopeId}`;
+const MANIFEST_PATH = '/.well-known/asap/manifest.json';
+const HEALTH_PATH = '/.well-known/asap/health';
 
 /**
  * One ASAP agent: the HTTP binding and the WebSocket binding on one HTTP
- * server, both in front of one dispatcher.
+ * server, both in front of one dispatcher, with one drain and one push
+ * adapter between them.
  */
-export class ASAPServer implements HttpBindingHost, ConnectionHost {
+export class ASAPServer {
   readonly registry: HandlerRegistry;
   readonly dispatcher: Dispatcher;
   readonly logger: Logger;
-  readonly maxMessageBytes: number;
-  readonly rpcPath: string;
-  readonly manifestPath = '/.well-known/asap/manifest.json';
-  readonly healthPath = '/.well-known/asap/health';
-  readonly websocketPath: string | undefined;
-  readonly maxInFlight: number;
-  readonly highWaterMark: number;
-  readonly sendHardCap: number;
-  readonly slowConsumerGraceMs: number;
-  readonly pushForm: 'notification' | 'result';
-  readonly rateLimit: number;
-  readonly drainRetryAfterMs: number;
-  readonly origins: OriginPolicy;
+  /** In-flight work and the draining flag, shared by both bindings. */
+  readonly drain: Drain;
+  private readonly opts: ASAPServerOptions;
+  private readonly timers: Timers;
+  private readonly rpcPath: string;
+  private readonly websocketPath: string | undefined;
   private readonly headersTimeoutMs: number;
   private readonly requestTimeoutMs: number;
-  private readonly opts: ASAPServerOptions;
-  private readonly verifier: TokenVerifier | undefined;
+  private readonly authenticates: boolean;
+  private readonly pushes: PushAdapter;
   private readonly http: HttpBinding;
   private readonly files: StaticFiles | undefined;
-  private readonly wss: WebSocketServer | undefined;
-  private readonly live = new Set<Connection>();
-  private readonly byAgent = new Map<string, Set<Connection>>();
-  private readonly started = Date.now();
+  private readonly ws: WebSocketBinding | undefined;
+  private readonly started: number;
   private server: Server | undefined;
   private ownsServer = false;
   private address: BoundAddress | undefined;
-  private heartbeat: ReturnType<typeof setInterval> | undefined;
-  private active = 0;
-  private activeWaiters: (() => void)[] = [];
-  private _draining = false;
   private unhealthy = false;
   private closing: Promise<void> | undefined;
-  private readonly pushAcks: AckTracker;
-  /** Pushes awaiting their ack, keyed by connection and envelope id (one push may go to several connections). */
-  private readonly pushWaiters = new Map<
-    string,
-    { resolve: () => void; reject: (e: Error) => void; connection: Connection }
-  >();
-  private pushAckTimer: ReturnType<typeof setInterval> | undefined;
   private readonly listeners: {
     request: (req: IncomingMessage, res: ServerResponse) => void;
     upgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
@@ -181,22 +166,24 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
     this.opts = opts;
     this.registry = opts.registry ?? new HandlerRegistry();
     this.logger = opts.logger ?? silentLogger;
-    this.maxMessageBytes = opts.maxMessageBytes ?? 10 * 1024 * 1024;
+    this.timers = opts.timers ?? systemTimers;
+    this.started = this.timers.now();
     this.rpcPath = opts.rpcPath ?? '/asap';
     this.websocketPath = opts.websocketPath === false ? undefined : (opts.websocketPath ?? '/asap/ws');
-    this.maxInFlight = opts.maxInFlightPerConnection ?? 64;
-    this.highWaterMark = opts.sendHighWaterMark ?? 1024 * 1024;
-    this.sendHardCap = opts.sendHardCap ?? 4 * this.highWaterMark;
-    this.slowConsumerGraceMs = opts.slowConsumerGraceMs ?? 30_000;
-    this.pushForm = opts.pushForm ?? 'notification';
-    this.rateLimit = opts.rateLimit ?? 10;
-    this.drainRetryAfterMs = opts.drainTimeoutMs ?? 10_000;
-    this.verifier = opts.verifyToken ?? (opts.token !== undefined ? staticToken(opts.token) : undefined);
-    this.origins = new OriginPolicy({ allow: opts.allowOrigins, boundAddress: () => this.server?.address() });
     this.headersTimeoutMs = opts.headersTimeoutMs ?? 10_000;
     this.requestTimeoutMs = opts.requestTimeoutMs ?? 30_000;
     if (!(this.headersTimeoutMs > 0 && this.headersTimeoutMs <= this.requestTimeoutMs))
       throw new RangeError('headersTimeoutMs must be > 0 and <= requestTimeoutMs');
+    const maxMessageBytes = opts.maxMessageBytes ?? 10 * 1024 * 1024;
+    const authenticate = authCheck(opts, this.logger);
+    const instrumentation = guardInstrumentation(opts.instrumentation, this.logger);
+    this.authenticates = authenticate !== undefined;
+    const origins = new OriginPolicy({
+      allow: opts.allowOrigins,
+      boundAddress: () => this.server?.address(),
+    });
+    this.drain = new Drain(opts.drainTimeoutMs ?? 10_000, this.timers);
+    this.pushes = opts.pushAdapter ?? new LocalPushAdapter();
     this.dispatcher = new Dispatcher({
       registry: this.registry,
       logger: this.logger,
@@ -208,9 +195,24 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
       processedAcks: opts.processedAcks,
       exposeHandlerErrors: opts.exposeHandlerErrors,
       yieldEveryMs: opts.yieldEveryMs,
+      instrumentation,
+      timers: this.timers,
       pushTo: (urn, envelope) => this.push(urn, envelope),
     });
-    this.http = new HttpBinding(this);
+    this.http = new HttpBinding({
+      dispatcher: this.dispatcher,
+      logger: this.logger,
+      maxMessageBytes,
+      drain: this.drain,
+      rpcPath: this.rpcPath,
+      manifestPath: MANIFEST_PATH,
+      healthPath: HEALTH_PATH,
+      authenticate,
+      origins,
+      instrumentation,
+      manifestFor: (req) => this.manifestFor(req),
+      health: () => this.health(),
+    });
     this.files =
       opts.staticDir === undefined
         ? undefined
@@ -219,17 +221,34 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
             files: opts.staticFiles,
             admit: (req, res) => this.http.admit(req, res, false),
           });
-    this.pushAcks = new AckTracker(opts.ack);
     if (this.websocketPath !== undefined) {
-      this.wss = new WebSocketServer({
-        noServer: true,
-        maxPayload: this.maxMessageBytes,
-        perMessageDeflate: false,
-        clientTracking: false,
-        handleProtocols: (protocols) => {
-          if (protocols.has(ASAP_SUBPROTOCOL)) return ASAP_SUBPROTOCOL;
-          for (const p of protocols) if (!p.startsWith(BEARER_PROTOCOL_PREFIX)) return p;
-          return false;
+      const highWaterMark = opts.sendHighWaterMark ?? 1024 * 1024;
+      this.ws = new WebSocketBinding({
+        path: this.websocketPath,
+        maxMessageBytes,
+        heartbeatIntervalMs: opts.heartbeatIntervalMs ?? 30_000,
+        authTimeoutMs: this.headersTimeoutMs,
+        maxConnections: opts.maxConnections,
+        origins,
+        authenticate,
+        pushes: this.pushes,
+        logger: this.logger,
+        timers: this.timers,
+        connection: {
+          logger: this.logger,
+          timers: this.timers,
+          limits: {
+            maxInFlight: opts.maxInFlightPerConnection ?? 64,
+            highWaterMark,
+            sendHardCap: opts.sendHardCap ?? 4 * highWaterMark,
+            slowConsumerGraceMs: opts.slowConsumerGraceMs ?? 30_000,
+            rateLimit: opts.rateLimit ?? 10,
+          },
+          drain: this.drain,
+          pushForm: opts.pushForm ?? 'notification',
+          ack: opts.ack,
+          instrumentation,
+          dispatch: (frame, session) => this.dispatcher.handle(frame, session),
         },
       });
     }
@@ -247,7 +266,14 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
         if (this.files?.handle(req, res, notOurs)) return;
         notOurs();
       },
-      upgrade: (req, socket, head) => this.upgrade(req, socket, head),
+      upgrade: (req, socket, head) => {
+        if (this.ws?.upgrade(req, socket, head)) return;
+        if (this.previous.upgrade.length > 0) {
+          for (const l of this.previous.upgrade) l.call(this.server, req, socket, head);
+          return;
+        }
+        socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      },
     };
   }
 
@@ -266,17 +292,17 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
   }
 
   get draining(): boolean {
-    return this._draining;
+    return this.drain.draining;
   }
 
   /** Open WebSocket connections. */
   get connections(): ConnectionInfo[] {
-    return [...this.live].map((c) => c.info);
+    return [...(this.ws?.live ?? [])].map((c) => c.info);
   }
 
-  /** The live connection objects (for `push` and reverse `request`). */
+  /** The live connection objects of an agent on this node (for `push` and reverse `request`). */
   connectionsFor(agentUrn: string): Connection[] {
-    return [...(this.byAgent.get(agentUrn) ?? [])];
+    return this.pushes.targets(agentUrn) as Connection[];
   }
 
   /** The bound address after `listen`. */
@@ -327,14 +353,10 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
     };
     server.removeAllListeners('request');
     server.on('request', this.listeners.request);
-    if (this.wss !== undefined) {
+    if (this.ws !== undefined) {
       server.removeAllListeners('upgrade');
       server.on('upgrade', this.listeners.upgrade);
-    }
-    if (this.heartbeat === undefined && this.wss !== undefined) {
-      const interval = this.opts.heartbeatIntervalMs ?? 30_000;
-      this.heartbeat = setInterval(() => this.sweep(interval), interval);
-      this.heartbeat.unref();
+      this.ws.start();
     }
     return this;
   }
@@ -353,10 +375,11 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
         asap: `${b.scheme}://${b.host}${this.rpcPath}`,
         events: this.websocketPath === undefined ? undefined : `${ws}://${b.host}${this.websocketPath}`,
       },
-      this.verifier !== undefined,
+      this.authenticates,
     );
   }
 
+  /** The manifest as a request to this server sees it (scheme and Host of the request). */
   manifestFor(req: IncomingMessage): Manifest {
     const encrypted = (req.socket as { encrypted?: boolean }).encrypted === true;
     const host = req.headers.host ?? (this.address ? new URL(this.address.url).host : 'localhost');
@@ -364,7 +387,7 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
   }
 
   health(): { status: number; body: Health } {
-    const healthy = !this._draining && !this.unhealthy;
+    const healthy = !this.drain.draining && !this.unhealthy;
     return {
       status: healthy ? 200 : 503,
       body: {
@@ -372,10 +395,10 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
         agent_id: this.opts.manifest.id,
         version: this.opts.manifest.version ?? '0.1.0',
         asap_version: '0.1',
-        uptime_seconds: Math.round((Date.now() - this.started) / 1000),
+        uptime_seconds: Math.round((this.timers.now() - this.started) / 1000),
         load: {
           active_tasks: this.dispatcher.inFlight,
-          queue_depth: Math.max(0, this.active - this.dispatcher.inFlight),
+          queue_depth: Math.max(0, this.drain.inFlight - this.dispatcher.inFlight),
         },
       },
     };
@@ -386,105 +409,6 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
     this.unhealthy = !healthy;
   }
 
-  get authRequired(): boolean {
-    return this.verifier !== undefined;
-  }
-
-  async authenticate(token: string | undefined): Promise<AuthResult> {
-    if (this.verifier === undefined) return { ok: true, principal: undefined };
-    if (token === undefined) return { ok: false, reason: 'Authentication required' };
-    try {
-      const principal = await this.verifier(token);
-      return principal == null ? { ok: false, reason: 'Invalid token' } : { ok: true, principal };
-    } catch (err) {
-      this.logger.warn({ err: (err as Error).message }, 'token check failed');
-      return { ok: false, reason: 'Invalid token' };
-    }
-  }
-
-  handle(frame: Frame, session: Parameters<Dispatcher['handle']>[1]): Answer {
-    return this.dispatcher.handle(frame, session);
-  }
-
-  begin(): () => void {
-    this.active++;
-    let done = false;
-    return () => {
-      if (done) return;
-      done = true;
-      this.active--;
-      if (this.active === 0) {
-        const waiters = this.activeWaiters;
-        this.activeWaiters = [];
-        for (const w of waiters) w();
-      }
-    };
-  }
-
-  identify(connection: Connection, agentUrn: string): void {
-    let set = this.byAgent.get(agentUrn);
-    if (set === undefined) {
-      set = new Set();
-      this.byAgent.set(agentUrn, set);
-    }
-    set.add(connection);
-  }
-
-  onAck(connection: Connection, envelope: Envelope<MessageAck>): void {
-    const { original_envelope_id: id, status, error } = envelope.payload;
-    this.logger.debug({ original: id, status }, 'ack received');
-    // Only the connection a push went to can acknowledge it.
-    const key = pushKey(connection, id);
-    if (!this.pushAcks.ack(key)) return;
-    const waiter = this.pushWaiters.get(key);
-    this.pushWaiters.delete(key);
-    if (status === 'rejected')
-      waiter?.reject(new ASAPError(ErrorCode.InvalidRequest, error ?? 'Push rejected by the client'));
-    else waiter?.resolve();
-  }
-
-  trackPush(connection: Connection, envelopeId: string, text: string): Promise<void> {
-    const key = pushKey(connection, envelopeId);
-    return new Promise((resolve, reject) => {
-      this.pushWaiters.set(key, { resolve, reject, connection });
-      this.pushAcks.track(
-        key,
-        () => void connection.write(text),
-        (err) => {
-          this.pushWaiters.delete(key);
-          this.logger.warn({ envelope_id: envelopeId, conn: connection.id }, 'push never acknowledged');
-          reject(err);
-        },
-      );
-      if (this.pushAckTimer === undefined) {
-        this.pushAckTimer = setInterval(() => {
-          this.pushAcks.check(true);
-          if (this.pushAcks.size === 0 && this.pushAckTimer !== undefined) {
-            clearInterval(this.pushAckTimer);
-            this.pushAckTimer = undefined;
-          }
-        }, this.opts.ack?.checkIntervalMs ?? 5000);
-        this.pushAckTimer.unref();
-      }
-    });
-  }
-
-  closed(connection: Connection): void {
-    this.live.delete(connection);
-    for (const [id, waiter] of this.pushWaiters) {
-      if (waiter.connection !== connection) continue;
-      this.pushWaiters.delete(id);
-      this.pushAcks.ack(id);
-      waiter.reject(new ConnectionError('Connection closed before the push was acknowledged'));
-    }
-    for (const urn of connection.urns) {
-      const set = this.byAgent.get(urn);
-      set?.delete(connection);
-      if (set?.size === 0) this.byAgent.delete(urn);
-    }
-    this.logger.debug({ conn: connection.id }, 'connection closed');
-  }
-
   /**
    * Pushes an envelope to every connection of an agent. Resolves with how many
    * connections took it (wrote it, or acknowledged it when it requires an ack);
@@ -492,123 +416,15 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
    * It always settles: each connection's push settles on its ack, its retries
    * running out, or its close.
    */
-  async push(
+  push(
     agentUrn: string,
     init: Envelope<object> | (Omit<EnvelopeInit<object>, 'sender' | 'recipient'> & { sender?: string }),
   ): Promise<number> {
-    const targets = this.connectionsFor(agentUrn);
     const envelope =
       'id' in init && 'timestamp' in init
         ? (init as Envelope<object>)
         : createEnvelope({ sender: this.opts.manifest.id, recipient: agentUrn, ...init });
-    const results = await Promise.allSettled(targets.map((c) => c.push(envelope)));
-    let reached = 0;
-    for (const r of results) if (r.status === 'fulfilled') reached++;
-    if (reached === 0 && results.length > 0) throw (results[0] as PromiseRejectedResult).reason;
-    return reached;
-  }
-
-  private upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
-    const path = (req.url ?? '/').split('?', 1)[0];
-    if (path !== this.websocketPath || this.wss === undefined) {
-      if (this.previous.upgrade.length > 0) {
-        for (const l of this.previous.upgrade) l.call(this.server, req, socket, head);
-        return;
-      }
-      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-      return;
-    }
-    socket.on('error', ignore);
-    if (this.origins.check(req).kind === 'refused') {
-      this.logger.warn(
-        { origin: req.headers.origin, remote: req.socket.remoteAddress },
-        'websocket origin not allowed',
-      );
-      // A plain 403 before upgrading: no web page may learn more than that (asap-wire.md §10).
-      socket.once('finish', () => socket.destroy());
-      socket.end('HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-      return;
-    }
-    const token =
-      bearerFromHeader(req.headers.authorization) ??
-      bearerFromProtocols(req.headers['sec-websocket-protocol']);
-    this.wss.handleUpgrade(req, socket, head, (ws) => {
-      // Refusals happen after the upgrade, with a close code, because browsers cannot read an HTTP status.
-      if (this._draining) {
-        ws.close(1001, SHUTDOWN_REASON);
-        return;
-      }
-      const max = this.opts.maxConnections;
-      if (max !== undefined && this.live.size >= max) {
-        ws.close(1013, 'Too many connections');
-        return;
-      }
-      const accept = (principal: unknown) => {
-        const conn = new Connection(ws, req.socket.remoteAddress, principal, this);
-        this.live.add(conn);
-        this.logger.debug({ conn: conn.id, remote: conn.remoteAddress }, 'connection opened');
-      };
-      if (this.verifier === undefined) {
-        accept(undefined);
-        return;
-      }
-      ws.pause();
-      // asap-wire.md §10: an upgrade that has not authenticated within the headers timeout is dropped,
-      // and the verifier's late answer is ignored.
-      let timedOut = false;
-      const timer = setTimeout(() => {
-        timedOut = true;
-        this.logger.warn({ remote: req.socket.remoteAddress }, 'websocket authentication timed out');
-        ws.resume();
-        ws.close(4401, 'Authentication timeout');
-        // A peer that never answers the close frame is cut now, not after ws's 30 s close timer.
-        setTimeout(() => ws.terminate(), 1000).unref();
-      }, this.headersTimeoutMs);
-      timer.unref();
-      void this.authenticate(token).then((auth) => {
-        if (timedOut) return;
-        clearTimeout(timer);
-        if (!auth.ok) {
-          this.logger.warn(
-            { remote: req.socket.remoteAddress, reason: auth.reason },
-            'websocket authentication failed',
-          );
-          // Read again, or the peer's close frame is never seen and the close hangs until ws's 30 s timer.
-          ws.resume();
-          ws.close(4401, auth.reason);
-          return;
-        }
-        accept(auth.principal);
-        ws.resume();
-      });
-    });
-  }
-
-  /** One sweep for every connection: ping, and close those silent for 3 intervals. */
-  private sweep(interval: number): void {
-    const now = Date.now();
-    for (const conn of this.live) {
-      if (conn.closingSince !== 0) {
-        if (now - conn.closingSince >= interval) conn.terminate();
-      } else if (now - conn.lastSeen > 3 * interval) {
-        this.logger.info({ conn: conn.id, agent: conn.agentUrn }, 'closing stale connection');
-        conn.closingSince = now;
-        conn.close(1001, 'Stale connection');
-      } else {
-        conn.ping();
-      }
-    }
-  }
-
-  private waitForActive(deadlineMs: number): Promise<void> {
-    if (this.active === 0) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(resolve, deadlineMs);
-      this.activeWaiters.push(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
+    return this.pushes.push(agentUrn, envelope);
   }
 
   /**
@@ -623,24 +439,12 @@ export class ASAPServer implements HttpBindingHost, ConnectionHost {
   }
 
   private async shutdown(): Promise<void> {
-    this._draining = true;
-    this.logger.info({ active: this.active }, 'draining');
-    await this.waitForActive(this.opts.drainTimeoutMs ?? 10_000);
+    this.logger.info({ active: this.drain.inFlight }, 'draining');
+    await this.drain.start();
     this.dispatcher.close();
     // Answers of requests cut off at the deadline are written in the next turns; let them out before the close frames.
     await new Promise((resolve) => setImmediate(resolve));
-    if (this.heartbeat !== undefined) clearInterval(this.heartbeat);
-    if (this.pushAckTimer !== undefined) clearInterval(this.pushAckTimer);
-    const closes = [...this.live].map(
-      (conn) =>
-        new Promise<void>((resolve) => {
-          conn.socket.once('close', () => resolve());
-          conn.close(1001, SHUTDOWN_REASON);
-          const t = setTimeout(() => conn.terminate(), 2000);
-          conn.socket.once('close', () => clearTimeout(t));
-        }),
-    );
-    await Promise.all(closes);
+    await this.ws?.closeAll();
     const server = this.server;
     if (server !== undefined) {
       server.off('request', this.listeners.request);

@@ -480,7 +480,7 @@ describe('graceful shutdown (§9)', () => {
     const peer = await connect(wsUrl);
     peer.request(task('sleep', { ms: 150 }), 'work');
     await waitFor(() => server.connections[0]?.inFlight === 1, 'the request in flight');
-    const done = server.begin();
+    const done = server.drain.begin();
     done();
     done();
     await server.close();
