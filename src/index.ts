@@ -83,7 +83,9 @@ export {
   ConnectionError,
   ErrorCode,
   type JsonRpcErrorObject,
+  LocalErrorCode,
   ProtocolError,
+  RequestAbortedError,
   RequestTimeoutError,
   type ValidationIssue,
 } from './protocol/errors.js';

@@ -34,7 +34,9 @@ const ROOT_EXPORTS = [
   'ASAPError',
   'ConnectionError',
   'ErrorCode',
+  'LocalErrorCode',
   'ProtocolError',
+  'RequestAbortedError',
   'RequestTimeoutError',
   // Seams: the implementation each has here.
   'LocalPushAdapter',

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ASAPClient } from '../client/index.js';
-import { ASAPError, ConnectionError, ErrorCode } from '../protocol/errors.js';
+import { ASAPError, ConnectionError, LocalErrorCode } from '../protocol/errors.js';
 import { isJsonObject, type JsonObject } from '../protocol/schema-util.js';
 import { normalizeOrigin } from '../server/origin.js';
 import { createDemoAgent } from './demo-agent.js';
@@ -127,13 +127,22 @@ interface SendOptions {
   recipient: string;
 }
 
+/** Local failures where no answer came (demo-agent.md: exit 2); any other error is an answer (exit 1). */
+const NO_ANSWER: ReadonlySet<number> = new Set<number>([
+  LocalErrorCode.ConnectionFailed,
+  LocalErrorCode.RequestTimeout,
+  LocalErrorCode.RequestAborted,
+]);
+
 function failureExit(err: unknown, command = 'send'): number {
   const e = err instanceof ASAPError ? err : new ConnectionError((err as Error).message);
-  const local =
-    e instanceof ConnectionError || (e.code === ErrorCode.Timeout && e.name === 'RequestTimeoutError');
-  if (!local) process.stdout.write(`${JSON.stringify({ error: e.toJSON() }, null, 2)}\n`);
-  process.stderr.write(`asap ${command}: ${local ? '' : `error ${e.code}: `}${e.message}\n`);
-  return local ? 2 : 1;
+  const noAnswer = e.local && NO_ANSWER.has(e.code);
+  if (!noAnswer) {
+    const shown = e.toJSON();
+    process.stdout.write(`${JSON.stringify({ error: shown }, null, 2)}\n`);
+  }
+  process.stderr.write(`asap ${command}: ${noAnswer ? '' : `error ${e.code}: `}${e.message}\n`);
+  return noAnswer ? 2 : 1;
 }
 
 async function send(url: string, o: SendOptions): Promise<number> {

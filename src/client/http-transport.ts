@@ -1,6 +1,12 @@
 import { answerEnvelope } from '../core/peer.js';
 import { createEnvelope, type Envelope, type EnvelopeInit } from '../protocol/envelope.js';
-import { ASAPError, ConnectionError, ProtocolError, RequestTimeoutError } from '../protocol/errors.js';
+import {
+  ASAPError,
+  ConnectionError,
+  ProtocolError,
+  RequestAbortedError,
+  RequestTimeoutError,
+} from '../protocol/errors.js';
 import { decodeFrame, encodeEnvelopeRequest, METHOD_SEND } from '../protocol/jsonrpc.js';
 import { type Health, type Manifest, validateHealth, validateManifest } from '../protocol/manifest.js';
 
@@ -107,7 +113,7 @@ export class HttpTransport {
       return { status: res.status, ok: res.ok, text: await res.text() };
     } catch (err) {
       if (timeout.aborted) throw new RequestTimeoutError(`No response from ${url} within ${timeoutMs} ms`);
-      if (opts.signal?.aborted) throw new ConnectionError('Request aborted');
+      if (opts.signal?.aborted) throw new RequestAbortedError();
       throw new ConnectionError(`Cannot reach ${url}: ${(err as Error).message}`);
     }
   }

@@ -32,8 +32,8 @@ export function poolKey(url: string): string {
 
 /**
  * WebSocket connections reused per target; requests go to the least busy one,
- * a new connection opens only while every existing one is busy, idle ones close
- * after the idle timeout, dead ones are replaced.
+ * a new connection opens only while every existing one is busy, idle ones (no
+ * request started or ended for the idle timeout) close, dead ones are replaced.
  */
 export class ConnectionPool extends Emitter<PoolEvents> {
   private readonly targets = new Map<string, Member[]>();
@@ -106,7 +106,10 @@ export class ConnectionPool extends Emitter<PoolEvents> {
         const m = members[i]!;
         if (m.transport.state === 'closed') {
           members.splice(i, 1);
-        } else if (m.transport.inFlight === 0 && now - m.lastUsed >= this.idleMs) {
+        } else if (
+          m.transport.inFlight === 0 &&
+          now - Math.max(m.lastUsed, m.transport.lastActivity) >= this.idleMs
+        ) {
           members.splice(i, 1);
           void m.transport.close(1000, 'Idle');
         }

@@ -170,6 +170,11 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
     return this.peer.inFlight;
   }
 
+  /** When a request last started or ended (the `timers` clock): how long the transport has been idle. */
+  get lastActivity(): number {
+    return this.peer.lastActivity;
+  }
+
   /** Envelopes sent with `requires_ack` and not yet acknowledged. */
   get unacknowledged(): number {
     return this.peer.unacknowledged;

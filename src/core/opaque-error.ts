@@ -1,5 +1,5 @@
 import { newId } from '../protocol/envelope.js';
-import { ASAPError, ErrorCode } from '../protocol/errors.js';
+import { ASAPError, ErrorCode, RequestTimeoutError } from '../protocol/errors.js';
 import type { Logger } from './logger.js';
 
 /** Errors the JavaScript runtime itself throws: their messages describe our process, never the caller's request. */
@@ -34,13 +34,19 @@ export function opaqueError(logger: Logger, cause: unknown, context: object = {}
 
 /**
  * @internal
- * What the caller sees of an error its handler threw: an ASAPError as it is;
+ * What the caller sees of an error its handler threw: an ASAPError as it is
+ * (a local one in its wire form: a timeout as -32033, the rest opaque);
  * the message of an ordinary `Error` (or a thrown string) when `expose` is on,
  * as the demo `fail` skill relies on; and never the text of a runtime error
  * (`Maximum call stack size exceeded`, `Cannot read properties of undefined`, …).
  */
 export function handlerError(logger: Logger, err: unknown, expose: boolean, context: object): ASAPError {
-  if (err instanceof ASAPError) return err;
+  if (err instanceof ASAPError) {
+    if (!err.local) return err;
+    // A failure of this process the handler let escape (it called another agent that timed out):
+    // a timeout stays a timeout, anything else is opaque, with its cause in the log.
+    return err instanceof RequestTimeoutError ? ASAPError.timeout() : opaqueError(logger, err, context);
+  }
   if (!expose || RUNTIME_ERRORS.some((T) => err instanceof T)) return opaqueError(logger, err, context);
   const message = err instanceof Error ? err.message : typeof err === 'string' ? err : '';
   if (message === '') return opaqueError(logger, err, context);

@@ -5,6 +5,7 @@ import {
   ErrorCode,
   type JsonRpcErrorObject,
   ProtocolError,
+  RequestAbortedError,
   RequestTimeoutError,
 } from '../protocol/errors.js';
 import {
@@ -103,6 +104,7 @@ export class Peer {
   private nextId = 1;
   private sweepTimer: Timer | undefined;
   private closedWith: Error | undefined;
+  private _lastActivity: number;
 
   constructor(channel: Channel, opts: PeerOptions) {
     this.channel = channel;
@@ -110,6 +112,12 @@ export class Peer {
     this.timers = opts.timers ?? systemTimers;
     this.logger = opts.logger ?? silentLogger;
     this.acks = opts.ack === false ? undefined : new AckTracker(opts.ack, this.timers);
+    this._lastActivity = this.timers.now();
+  }
+
+  /** When a request of this side last started or ended (timers.now()); idle pools read it. */
+  get lastActivity(): number {
+    return this._lastActivity;
   }
 
   /** Requests awaiting an answer (held ones included). */
@@ -215,6 +223,8 @@ export class Peer {
     }
     const rpcId = `${this.opts.idPrefix}${this.nextId++}`;
     const timeoutMs = opts.timeoutMs ?? this.opts.requestTimeoutMs ?? 60_000;
+    const now = this.timers.now();
+    this._lastActivity = now;
     const p: Pending = {
       rpcId,
       envelope,
@@ -222,7 +232,7 @@ export class Peer {
       sent: false,
       held: false,
       settled: false,
-      deadline: this.timers.now() + timeoutMs,
+      deadline: now + timeoutMs,
       timeoutMs,
       resolve,
       reject,
@@ -425,6 +435,7 @@ export class Peer {
   private settle(p: Pending): void {
     if (p.settled) return;
     p.settled = true;
+    this._lastActivity = this.timers.now();
     this.pending?.delete(p.rpcId);
     this.acks?.ack(p.envelope.id);
     p.detach?.();
@@ -480,5 +491,5 @@ export function abortError(signal: AbortSignal): ASAPError {
   const reason = signal.reason;
   return reason instanceof ASAPError
     ? reason
-    : new ConnectionError(`Request aborted${reason instanceof Error ? `: ${reason.message}` : ''}`);
+    : new RequestAbortedError(`Request aborted${reason instanceof Error ? `: ${reason.message}` : ''}`);
 }

@@ -301,7 +301,7 @@ export class TaskRuntime {
     });
     if (err instanceof ASAPError)
       this.logger.warn({ envelope_id: env.id, code: e.code, err: e.message }, 'handler refused the request');
-    return { kind: 'error', error: e.toJSON() };
+    return { kind: 'error', error: e.toWire() };
   }
 
   private toOutcome(env: Envelope, key: string, r: HandlerResult): Outcome {
@@ -359,7 +359,7 @@ export class TaskRuntime {
       if (session.closed === true) {
         // Nobody reads the rest: stop pulling. The outcome says so, for a resend after a reconnect.
         scope.abort(PEER_GONE);
-        this.settle(scope, { kind: 'error', error: PEER_GONE.toJSON() });
+        this.settle(scope, { kind: 'error', error: PEER_GONE.toWire() });
         break;
       }
       if (this.timers.now() >= scope.deadline) {
@@ -386,7 +386,7 @@ export class TaskRuntime {
   private expire(scope: TaskScope): void {
     const err = ASAPError.timeout(`Handler exceeded its deadline for ${scope.taskId}`);
     scope.abort(err);
-    this.settle(scope, { kind: 'error', error: err.toJSON() });
+    this.settle(scope, { kind: 'error', error: err.toWire() });
   }
 
   private sweep(): void {
@@ -415,7 +415,7 @@ export class TaskRuntime {
     this.closed = true;
     for (const scope of this.running) {
       scope.abort(reason);
-      this.settle(scope, { kind: 'error', error: toASAPError(reason).toJSON() });
+      this.settle(scope, { kind: 'error', error: toASAPError(reason).toWire() });
     }
     this.sweepTimer?.cancel();
     this.sweepTimer = undefined;

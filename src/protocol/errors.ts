@@ -1,7 +1,8 @@
 /**
  * The error taxonomy of asap-wire.md §3. Every failure that reaches a peer is
  * an {@link ASAPError} carrying one of these codes; this file is the only place
- * that maps a condition to a code.
+ * that maps a condition to a code. Failures of our own side carry a
+ * {@link LocalErrorCode} instead, which never goes on the wire.
  */
 export const ErrorCode = {
   ParseError: -32700,
@@ -22,6 +23,27 @@ export const ErrorCode = {
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
+/**
+ * Codes of failures detected by this process, not answered by a peer: the
+ * local range -31000..-31099, outside JSON-RPC's reserved -32768..-32000 (so
+ * outside every {@link ErrorCode}). They are carried only by the local error
+ * classes ({@link ConnectionError}, {@link RequestTimeoutError},
+ * {@link ProtocolError}, {@link RequestAbortedError}), whose `local` is true,
+ * and are never sent: the wire form of a local error is {@link toWireError}'s.
+ */
+export const LocalErrorCode = {
+  /** The connection could not be opened, or closed before the answer came. */
+  ConnectionFailed: -31001,
+  /** No answer within the local deadline. */
+  RequestTimeout: -31002,
+  /** The peer's answer breaks the protocol (e.g. correlation_id mismatch, no valid envelope). */
+  ProtocolViolation: -31003,
+  /** The caller aborted the request (its AbortSignal fired). */
+  RequestAborted: -31004,
+} as const;
+
+export type LocalErrorCode = (typeof LocalErrorCode)[keyof typeof LocalErrorCode];
+
 const DEFAULT_MESSAGES: Record<number, string> = {
   [-32700]: 'Parse error',
   [-32600]: 'Invalid request',
@@ -37,6 +59,10 @@ const DEFAULT_MESSAGES: Record<number, string> = {
   [-32012]: 'Handler not found',
   [-32033]: 'Timeout',
   [-32040]: 'Resource exhausted',
+  [-31001]: 'Connection failed',
+  [-31002]: 'Request timed out',
+  [-31003]: 'Protocol violation',
+  [-31004]: 'Request aborted',
 };
 
 /** One entry of `data.validation_errors` (pydantic's shape, so Python peers read it as-is). */
@@ -58,6 +84,12 @@ export class ASAPError extends Error {
   override readonly name: string = 'ASAPError';
   readonly code: number;
   readonly data: unknown;
+  /**
+   * True for a failure of this process ({@link LocalErrorCode}: no answer, or an
+   * unusable one), false for an error a peer answered (including every
+   * {@link ASAPError.fromJSON}) or one we answer.
+   */
+  readonly local: boolean = false;
 
   constructor(code: number, message?: string, data?: unknown) {
     super(message ?? DEFAULT_MESSAGES[code] ?? 'Error');
@@ -65,7 +97,16 @@ export class ASAPError extends Error {
     this.data = data;
   }
 
-  /** The wire form; never carries a stack. */
+  /**
+   * The form a peer sees; never carries a stack. A local error is never sent as
+   * it is: its wire form is that of {@link toWireError} (no local code, message
+   * or data). Every encoder of errors uses this.
+   */
+  toWire(): JsonRpcErrorObject {
+    return this.local ? toWireError(this).toJSON() : this.toJSON();
+  }
+
+  /** Code, message and data as they are (a local error keeps its own: for logs and callers). */
   toJSON(): JsonRpcErrorObject {
     return this.data === undefined
       ? { code: this.code, message: this.message }
@@ -116,7 +157,9 @@ export class ASAPError extends Error {
 
 /**
  * Turns anything a handler threw into the error a peer sees: ASAPErrors keep
- * their code; anything else becomes -32603 with its message and no stack.
+ * their code; anything else becomes -32603 with its message and no stack. A
+ * local error is returned as it is (for the logs), and its `toWire()` gives
+ * the wire form of {@link toWireError}.
  */
 export function toASAPError(err: unknown): ASAPError {
   if (err instanceof ASAPError) return err;
@@ -125,29 +168,66 @@ export function toASAPError(err: unknown): ASAPError {
 }
 
 /**
- * Failures of the local side (connection lost, request timed out, response
- * that does not bind to its request): distinct from remote errors so callers
- * can tell "the peer said no" from "we never heard back".
+ * The error a peer sees for `err`: a wire error as it is; a local one (a handler
+ * let it escape, e.g. after calling another agent) without its local code, message
+ * or data: a local {@link RequestTimeoutError} becomes `-32033` (the handler ran
+ * out of time: worth a retry), any other local error the opaque `-32603 Internal error`.
+ * {@link ASAPError.toWire} goes through it, so every encoder of errors does.
+ */
+export function toWireError(err: ASAPError): ASAPError {
+  if (!err.local) return err;
+  if (err.code === LocalErrorCode.RequestTimeout) return ASAPError.timeout();
+  return ASAPError.internal();
+}
+
+/**
+ * The connection to the peer could not be opened, or was lost before the
+ * answer came (code {@link LocalErrorCode.ConnectionFailed}, `local`): the
+ * peer never said anything about the request. Sent on as `-32603 Internal error`.
  */
 export class ConnectionError extends ASAPError {
-  override readonly name = 'ConnectionError';
+  override readonly name: string = 'ConnectionError';
+  override readonly local = true;
   constructor(message: string, data?: unknown) {
-    super(ErrorCode.InternalError, message, data);
+    super(LocalErrorCode.ConnectionFailed, message, data);
   }
 }
 
-/** A peer broke the protocol (e.g. a response whose correlation_id does not match). */
+/**
+ * The caller aborted the request through its AbortSignal (code
+ * {@link LocalErrorCode.RequestAborted}, `local`). A {@link ConnectionError},
+ * so a `catch` for those still takes it. Sent on as `-32603 Internal error`.
+ */
+export class RequestAbortedError extends ConnectionError {
+  override readonly name: string = 'RequestAbortedError';
+  override readonly code: number = LocalErrorCode.RequestAborted;
+  constructor(message = 'Request aborted', data?: unknown) {
+    super(message, data);
+  }
+}
+
+/**
+ * The peer's answer breaks the protocol, e.g. a response whose correlation_id
+ * does not match (code {@link LocalErrorCode.ProtocolViolation}, `local`).
+ * Sent on as `-32603 Internal error`.
+ */
 export class ProtocolError extends ASAPError {
   override readonly name = 'ProtocolError';
+  override readonly local = true;
   constructor(message: string, data?: unknown) {
-    super(ErrorCode.InvalidRequest, message, data);
+    super(LocalErrorCode.ProtocolViolation, message, data);
   }
 }
 
-/** A request got no answer within its deadline (local timeout, code -32033). */
+/**
+ * A request got no answer within its local deadline (code
+ * {@link LocalErrorCode.RequestTimeout}, `local`; not the peer's `-32033`).
+ * Sent on as `-32033`.
+ */
 export class RequestTimeoutError extends ASAPError {
   override readonly name = 'RequestTimeoutError';
+  override readonly local = true;
   constructor(message: string) {
-    super(ErrorCode.Timeout, message);
+    super(LocalErrorCode.RequestTimeout, message);
   }
 }

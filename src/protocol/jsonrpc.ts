@@ -217,7 +217,7 @@ export function encodeEnvelopeJsonResult(id: JsonRpcId | null, envelopeJson: str
 }
 
 export function encodeError(id: JsonRpcId | null, error: ASAPError | JsonRpcErrorObject): string {
-  const obj = error instanceof ASAPError ? error.toJSON() : error;
+  const obj = error instanceof ASAPError ? error.toWire() : error;
   return `{"jsonrpc":"2.0","error":${JSON.stringify(obj)},"id":${idText(id)}}`;
 }
 

@@ -4,9 +4,12 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { WebSocketTransport, WebSocketTransportOptions } from '../../src/client/websocket-transport.js';
 import type { CircuitState } from '../../src/core/circuit-breaker.js';
+import type { ManualTimers } from '../../src/core/timers.js';
 import { createEnvelope } from '../../src/protocol/envelope.js';
 import { ConnectionError, ErrorCode } from '../../src/protocol/errors.js';
+import { manualTimers, recordingFactory, watch, whileTicking } from '../support/manual-time.js';
 import {
   AGENT_URN,
   ackFrame,
@@ -14,6 +17,7 @@ import {
   cleanup,
   countingFactory,
   makeTransport,
+  onCleanup,
   outcome,
   PlainServer,
   type Received,
@@ -24,6 +28,20 @@ import {
   waitFor,
   within,
 } from './helpers.js';
+
+/**
+ * A transport on manual time. Its own heartbeat is off: manual time jumps hundreds of ms at once, and
+ * the plain server's pongs (real I/O) cannot land between the checks inside one jump.
+ */
+function manualTransport(
+  url: string,
+  timers: ManualTimers,
+  opts: WebSocketTransportOptions = {},
+): WebSocketTransport {
+  const transport = makeTransport(url, { timers, heartbeatIntervalMs: 0, ...opts });
+  onCleanup(() => whileTicking(timers, transport.close()));
+  return transport;
+}
 
 afterEach(cleanup);
 
@@ -86,35 +104,54 @@ describe('requires_ack over WebSocket', () => {
 
 describe('retransmission', () => {
   it('a late answer: the envelope is retransmitted with the same id until the response arrives', async () => {
-    // Never acks; answers the first copy 250 ms late (the ack timeout is 100 ms).
+    // Never acks; answers the first copy only when the test says so (the ack timeout is 100 ms).
+    const timers = manualTimers();
+    const rec = recordingFactory(timers);
+    let answer: (() => void) | undefined;
     const server = await PlainServer.start((r) => {
       if (r.msg.id !== undefined && server.envelopes.length === 1) {
-        setTimeout(() => r.socket.send(responseFrame(r, { late: true })), 250);
+        answer = () => r.socket.send(responseFrame(r, { late: true }));
       }
     });
-    const transport = makeTransport(server.url);
+    const transport = manualTransport(server.url, timers, { webSocketFactory: rec.factory });
     const env = task('echo');
-    const res = await within(transport.request(env), 5000, 'late request');
+    const pending = watch(transport.request(env));
+    const written = () => rec.writesOf((t) => t.includes(env.id));
+    await waitFor(() => server.envelopes.length === 1, 'the first copy');
+    const t0 = written()[0]!;
+    await timers.tick(99);
+    expect(written()).toHaveLength(1);
+    await timers.tick(1);
+    await timers.tick(200);
+    expect(written()).toEqual([t0, t0 + 100, t0 + 300]);
+    await waitFor(() => server.envelopes.length === 3, 'three copies at the server');
+    expect(pending.settled()).toBe(false);
+
+    answer!();
+    const res = await within(pending.promise, 5000, 'late request');
     expect(resultOf(res)).toEqual({ late: true });
     const copies = server.envelopes;
-    expect(copies.length).toBeGreaterThanOrEqual(2);
     expect(new Set(copies.map((c) => c.msg.params!.envelope!.id))).toEqual(new Set([env.id]));
     expect(new Set(copies.map((c) => c.msg.id)).size).toBe(1);
     expect(transport.unacknowledged).toBe(0);
     expect(transport.circuitState).toBe('closed');
-    // Once answered, nothing more is retransmitted.
-    const n = copies.length;
-    await sleep(300);
-    expect(server.envelopes.length).toBe(n);
+    // Once answered, nothing more is retransmitted, however long.
+    await timers.tick(10_000);
+    expect(written()).toHaveLength(3);
+    await sleep(20);
+    expect(server.envelopes.length).toBe(3);
   });
 
   it('no ack at all: maxRetries retransmissions with growing gaps, then -32033; the breaker opens, fails fast, half-opens and closes', async () => {
     let behave = false;
+    const timers = manualTimers();
+    const rec = recordingFactory(timers);
     const server = await PlainServer.start((r) => {
       if (behave) ackAndAnswer(r);
     });
-    const transport = makeTransport(server.url, {
+    const transport = manualTransport(server.url, timers, {
       circuitBreaker: { failureThreshold: 2, resetTimeoutMs: 100 },
+      webSocketFactory: rec.factory,
     });
     const circuit: [CircuitState, CircuitState][] = [];
     transport.on('circuit', (s, prev) => circuit.push([s, prev]));
@@ -122,19 +159,30 @@ describe('retransmission', () => {
 
     const a = task('echo', { n: 'a' });
     const b = task('echo', { n: 'b' });
-    const ra = outcome(transport.request(a));
-    await sleep(20);
-    const rb = outcome(transport.request(b));
-    const [oa, ob] = await within(Promise.all([ra, rb]), 8000, 'the unacked requests');
+    const ra = watch(outcome(transport.request(a)));
+    await timers.tick(20);
+    const rb = watch(outcome(transport.request(b)));
+    // Ack timeout 100 ms, 3 retries: copies after 100, 300 and 700 ms; given up at 1500 ms.
+    await timers.tick(1500 - 20 - 1);
+    expect(ra.settled()).toBe(false);
+    await timers.tick(1);
+    await within(ra.promise, 1000, 'the first unacked request');
+    await timers.tick(19);
+    expect(rb.settled()).toBe(false);
+    await timers.tick(1);
+    const [oa, ob] = await within(Promise.all([ra.promise, rb.promise]), 5000, 'the unacked requests');
     expect(code(oa)).toBe(ErrorCode.Timeout);
     expect(code(ob)).toBe(ErrorCode.Timeout);
 
+    await waitFor(() => server.envelopes.length === 8, 'eight copies at the server');
     for (const env of [a, b]) {
       const copies = server.envelopes.filter((r) => r.msg.params!.envelope!.id === env.id);
       // The first send and maxRetries (3) retransmissions of the same envelope, same JSON-RPC id.
       expect(copies).toHaveLength(4);
       expect(new Set(copies.map((c) => c.msg.id)).size).toBe(1);
-      const gaps = copies.slice(1).map((c, i) => c.at - copies[i]!.at);
+      const at = rec.writesOf((t) => t.includes(env.id));
+      const gaps = at.slice(1).map((t, i) => t - at[i]!);
+      expect(gaps).toEqual([100, 200, 400]);
       expect(gaps[1]!).toBeGreaterThan(gaps[0]!);
       expect(gaps[2]!).toBeGreaterThan(gaps[1]!);
     }
@@ -152,8 +200,11 @@ describe('retransmission', () => {
     expect(code(fastSend)).toBe(ErrorCode.CircuitOpen);
     expect(server.envelopes.length).toBe(sent);
 
-    // After the reset timeout one trial goes through; the peer behaves now, and the success closes it.
-    await sleep(150);
+    // After the reset timeout (100 ms from the opening) one trial goes through; the peer behaves now,
+    // and the success closes it.
+    await timers.tick(99);
+    expect(transport.circuitState).toBe('open');
+    await timers.tick(1);
     behave = true;
     const trial = await within(transport.request(task('echo', { n: 'trial' })), 5000, 'trial');
     expect(resultOf(trial)).toEqual({ ok: true });
@@ -192,10 +243,12 @@ describe('acked notifications', () => {
   });
 
   it('a rejected ack rejects the send with the peer error', async () => {
+    const timers = manualTimers();
+    const rec = recordingFactory(timers);
     const server = await PlainServer.start((r) => {
       r.socket.send(ackFrame(r.msg.params!.envelope!, 'rejected', 'No such task'));
     });
-    const transport = makeTransport(server.url);
+    const transport = manualTransport(server.url, timers, { webSocketFactory: rec.factory });
     await within(transport.connect(), 5000, 'connect');
     const env = cancelEnvelope('missing');
     const r = await within(outcome(transport.send(env)), 5000, 'rejected send');
@@ -203,8 +256,10 @@ describe('acked notifications', () => {
     expect(!r.ok && r.error.message).toBe('No such task');
     expect(code(r)).toBe(ErrorCode.InvalidRequest);
     expect(transport.unacknowledged).toBe(0);
-    // Only one copy: a rejection is an answer, not a reason to retransmit.
-    await sleep(250);
+    // Only one copy: a rejection is an answer, not a reason to retransmit (past all 3 ack timeouts).
+    await timers.tick(10_000);
+    expect(rec.writesOf((t) => t.includes(env.id))).toHaveLength(1);
+    await sleep(20);
     expect(server.envelopes).toHaveLength(1);
   });
 
@@ -221,12 +276,25 @@ describe('acked notifications', () => {
   });
 
   it('an unacked TaskCancel is retransmitted, then the send fails with -32033', async () => {
+    const timers = manualTimers();
+    const rec = recordingFactory(timers);
     const server = await PlainServer.start();
-    const transport = makeTransport(server.url, { ack: { timeoutMs: 30, maxRetries: 2 } });
+    const transport = manualTransport(server.url, timers, {
+      ack: { timeoutMs: 30, maxRetries: 2 },
+      webSocketFactory: rec.factory,
+    });
     await within(transport.connect(), 5000, 'connect');
     const env = cancelEnvelope();
-    const r = await within(outcome(transport.send(env)), 5000, 'unacked send');
+    const sending = watch(outcome(transport.send(env)));
+    const t0 = timers.now();
+    // Copies after 30 and 90 ms (30 + 2·30); the send is given up 4·30 ms after the last one.
+    await timers.tick(209);
+    expect(rec.writesOf((t) => t.includes(env.id))).toEqual([t0, t0 + 30, t0 + 90]);
+    expect(sending.settled()).toBe(false);
+    await timers.tick(1);
+    const r = await within(sending.promise, 5000, 'unacked send');
     expect(code(r)).toBe(ErrorCode.Timeout);
+    await waitFor(() => server.envelopes.length === 3, 'three copies at the server');
     expect(server.envelopes.map((c) => c.msg.params!.envelope!.id)).toEqual([env.id, env.id, env.id]);
     expect(server.envelopes.every((c) => c.msg.id === undefined)).toBe(true);
     expect(transport.unacknowledged).toBe(0);
@@ -235,24 +303,35 @@ describe('acked notifications', () => {
 
 describe('duplicate answers', () => {
   it('the answers to retransmitted copies are dropped, not delivered as server push', async () => {
-    // Heartbeats of 200 ms on both sides: 150 ms of latency must not look like a dead peer here.
+    // Both sides on one manual clock.
+    const timers = manualTimers();
     const writes = new Map<string, number>();
-    const { proxy, transport } = await setup(
-      { heartbeatIntervalMs: 200, webSocketFactory: countingFactory(writes) },
-      { heartbeatIntervalMs: 200 },
+    const dedupe: string[] = [];
+    const { proxy, transport, server } = await setup(
+      { timers, webSocketFactory: countingFactory(writes) },
+      { timers, instrumentation: { dedupe: (state) => dedupe.push(state) } },
     );
+    onCleanup(() => whileTicking(timers, server.close()));
+    onCleanup(() => whileTicking(timers, transport.close()));
     const pushes: unknown[] = [];
     transport.onMessage((env) => pushes.push(env));
     let closes = 0;
     transport.on('close', () => closes++);
-    // 150 ms each way: the ack comes after the 100 ms ack timeout, so a copy goes out and the server,
-    // deduplicating, answers both copies (same JSON-RPC id).
-    proxy.setLatency(150);
+    // The proxy holds the first copy past the 100 ms ack timeout, so a copy goes out; once both reach
+    // the server it deduplicates, and answers both copies (same JSON-RPC id).
+    proxy.blackhole();
     const env = task('echo', { dup: true });
-    const res = await within(transport.request(env), 5000, 'slow request');
+    const pending = transport.request(env);
+    await timers.tick(100);
+    expect(writes.get(env.id)).toBe(2);
+    proxy.resume();
+    const res = await within(pending, 5000, 'slow request');
     expect(res.correlation_id).toBe(env.id);
-    await sleep(500);
-    expect(writes.get(env.id)).toBeGreaterThanOrEqual(2);
+    await waitFor(() => dedupe.length === 2, 'both copies at the server');
+    expect(dedupe).toEqual(['new', 'done']);
+    // The server wrote the second answer before this one: once it is back, the client has seen both.
+    await within(transport.request(task('echo', { barrier: true })), 5000, 'barrier');
+    expect(writes.get(env.id)).toBe(2);
     expect(closes).toBe(0);
     expect(pushes).toEqual([]);
     expect(transport.inFlight).toBe(0);

@@ -6,8 +6,11 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ASAPClient } from '../../src/client/client.js';
+import type { WebSocketTransportOptions } from '../../src/client/websocket-transport.js';
+import type { ManualTimers } from '../../src/core/timers.js';
 import { ConnectionError, ErrorCode } from '../../src/protocol/errors.js';
 import type { ASAPServer } from '../../src/server/server.js';
+import { manualTimers, recordingFactory, tickUntil, whileTicking } from '../support/manual-time.js';
 import {
   cleanup,
   FAST,
@@ -25,23 +28,48 @@ import {
   within,
 } from './helpers.js';
 
+/** `setup()` with the server and the client on the same manual timers. */
+async function manualSetup(
+  timers: ManualTimers,
+  clientOpts: WebSocketTransportOptions = {},
+): Promise<Awaited<ReturnType<typeof setup>>> {
+  const s = await setup({ timers, ...clientOpts }, { timers });
+  onCleanup(() => whileTicking(timers, s.server.close()));
+  onCleanup(() => whileTicking(timers, s.transport.close()));
+  return s;
+}
+
 afterEach(cleanup);
 
 describe('reconnect backoff', () => {
   it('waits base·2^n between attempts, capped, with jitter that never exceeds the cap', async () => {
-    const { proxy, transport } = await setup();
+    // Manual time: each attempt must go out exactly when its reported delay has passed, not before.
+    const timers = manualTimers();
+    const rec = recordingFactory(timers);
+    const { proxy, transport } = await manualSetup(timers, { webSocketFactory: rec.factory });
     const delays: number[] = [];
     const attempts: number[] = [];
+    const scheduledAt: number[] = [];
     transport.on('reconnecting', ({ attempt, delayMs }) => {
       attempts.push(attempt);
       delays.push(delayMs);
+      scheduledAt.push(timers.now());
     });
     const reconnected = nextEvent(transport, 'reconnected', 10_000);
 
     proxy.refuse(true);
     proxy.cut();
-    await waitFor(() => delays.length >= 8, '8 reconnect attempts');
-    proxy.refuse(false);
+    for (let i = 0; i < 8; i++) {
+      // Attempt i+1 is scheduled once attempt i (or the cut connection) has failed.
+      await waitFor(() => delays.length === i + 1, `reconnect attempt ${i + 1} scheduled`);
+      await timers.tick(delays[i]! - 1);
+      expect(rec.attempts).toHaveLength(1 + i);
+      if (i === 7) proxy.refuse(false);
+      await timers.tick(1);
+      expect(rec.attempts).toHaveLength(2 + i);
+      expect(rec.attempts[1 + i]).toBe(scheduledAt[i]! + delays[i]!);
+      if (i < 7) await waitFor(() => proxy.refusedConnections === i + 1, `attempt ${i + 1} refused`);
+    }
     const info = (await reconnected) as { attempts: number };
 
     expect(attempts).toEqual(attempts.map((_, i) => i + 1));
@@ -55,7 +83,7 @@ describe('reconnect backoff', () => {
     expect(delays[2]!).toBeGreaterThan(delays[1]!);
     expect(Math.max(...delays)).toBeLessThanOrEqual(50);
     // Every refused attempt really reached the proxy.
-    expect(proxy.refusedConnections).toBeGreaterThanOrEqual(delays.length - 1);
+    expect(proxy.refusedConnections).toBe(delays.length - 1);
     expect(info.attempts).toBe(delays.length);
 
     const res = await within(transport.request(task('echo', { back: true })), 5000, 'echo');
@@ -63,17 +91,28 @@ describe('reconnect backoff', () => {
   });
 
   it('gives up after maxReconnectAttempts: gaveUp, state closed, pending requests fail with ConnectionError', async () => {
-    const { proxy, transport } = await setup({ maxReconnectAttempts: 3 });
+    const timers = manualTimers();
+    const rec = recordingFactory(timers);
+    // The server on the same timers too: its drain deadline (the `sleep` still runs) passes in manual time.
+    const { server, proxy, transport } = await manualSetup(timers, {
+      maxReconnectAttempts: 3,
+      webSocketFactory: rec.factory,
+    });
     const reconnecting: number[] = [];
     transport.on('reconnecting', ({ attempt }) => reconnecting.push(attempt));
     const gaveUp = nextEvent(transport, 'gaveUp');
 
     const inFlight = outcome(transport.request(task('sleep', { ms: 5000 })));
-    await sleep(20);
+    await waitFor(() => server.dispatcher.inFlight === 1, 'the request to run');
     proxy.refuse(true);
     proxy.cut();
     await waitFor(() => transport.state === 'reconnecting', 'reconnecting');
     const queued = outcome(transport.request(task('echo', { queued: true })));
+    await tickUntil(
+      timers,
+      () => rec.attempts.length === 4 && transport.state === 'closed',
+      'three attempts',
+    );
 
     const info = (await gaveUp) as { attempts: number; error: Error };
     expect(info.attempts).toBe(3);
@@ -83,35 +122,49 @@ describe('reconnect backoff', () => {
       expect(r.ok).toBe(false);
       expect(!r.ok && r.error).toBeInstanceOf(ConnectionError);
     }
-    // Closed for good: a new request fails at once and nothing reconnects any more.
+    // Closed for good: a new request fails at once and nothing reconnects any more, however long.
     const later = await outcome(transport.request(task('echo')));
     expect(!later.ok && later.error).toBeInstanceOf(ConnectionError);
     const total = proxy.totalConnections;
-    await sleep(150);
+    await timers.tick(60_000);
+    await sleep(20);
+    expect(rec.attempts).toHaveLength(4);
     expect(proxy.totalConnections).toBe(total);
     expect(transport.inFlight).toBe(0);
     expect(transport.unacknowledged).toBe(0);
   });
 
   it('does not reconnect after the user closes the transport', async () => {
-    const { proxy, transport } = await setup();
+    const timers = manualTimers();
+    const rec = recordingFactory(timers);
+    const { server, proxy, transport } = await manualSetup(timers, { webSocketFactory: rec.factory });
     const reconnecting: unknown[] = [];
     transport.on('reconnecting', (info) => reconnecting.push(info));
     const pending = outcome(transport.request(task('sleep', { ms: 5000 })));
-    await sleep(20);
+    await waitFor(() => server.dispatcher.inFlight === 1, 'the request to run');
     const total = proxy.totalConnections;
 
     await within(transport.close(), 5000, 'close');
     const r = await within(pending, 5000, 'pending');
     expect(!r.ok && r.error).toBeInstanceOf(ConnectionError);
-    await sleep(200);
+    // Far past any backoff delay.
+    await timers.tick(60_000);
+    await sleep(20);
     expect(reconnecting).toEqual([]);
+    expect(rec.attempts).toHaveLength(1);
     expect(proxy.totalConnections).toBe(total);
     expect(transport.state).toBe('closed');
   });
 
   it('close() while waiting to reconnect cancels the next attempt and fails what is queued', async () => {
-    const { proxy, transport } = await setup({ backoff: { baseMs: 100, maxMs: 100 } });
+    const timers = manualTimers();
+    const rec = recordingFactory(timers);
+    const { proxy, transport } = await setup({
+      backoff: { baseMs: 100, maxMs: 100 },
+      timers,
+      webSocketFactory: rec.factory,
+    });
+    onCleanup(() => whileTicking(timers, transport.close()));
     proxy.refuse(true);
     proxy.cut();
     await waitFor(() => transport.state === 'reconnecting', 'reconnecting');
@@ -120,15 +173,20 @@ describe('reconnect backoff', () => {
     const total = proxy.totalConnections;
     const r = await within(queued, 5000, 'queued');
     expect(!r.ok && r.error).toBeInstanceOf(ConnectionError);
-    await sleep(250);
+    // Past the attempt that was scheduled (≤ 100 ms), and far beyond.
+    await timers.tick(60_000);
+    await sleep(20);
+    expect(rec.attempts).toHaveLength(1);
     expect(proxy.totalConnections).toBe(total);
     expect(transport.state).toBe('closed');
   });
 
   it('does not reconnect after a 4401 close: gaveUp, closed, pending requests fail with -32004', async () => {
     // A server that accepts the upgrade, then refuses the token with 4401 once the first frame arrives.
+    const timers = manualTimers();
     const server = await PlainServer.start((r) => r.socket.close(4401, 'Invalid token'));
-    const transport = makeTransport(server.url, { token: 'wrong' });
+    const transport = makeTransport(server.url, { token: 'wrong', timers });
+    onCleanup(() => whileTicking(timers, transport.close()));
     const reconnecting: unknown[] = [];
     transport.on('reconnecting', (info) => reconnecting.push(info));
     const gaveUp = nextEvent(transport, 'gaveUp');
@@ -142,7 +200,9 @@ describe('reconnect backoff', () => {
       expect(!r.ok && (r.error as { code?: number }).code).toBe(ErrorCode.Unauthorized);
     }
     expect(transport.state).toBe('closed');
-    await sleep(200);
+    // Far past any backoff delay.
+    await timers.tick(60_000);
+    await sleep(20);
     expect(server.connections).toBe(1);
     expect(reconnecting).toEqual([]);
   });

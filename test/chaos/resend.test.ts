@@ -5,8 +5,35 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { WebSocketTransportOptions } from '../../src/client/websocket-transport.js';
+import type { ManualTimers } from '../../src/core/timers.js';
 import { ConnectionError, ErrorCode, RequestTimeoutError } from '../../src/protocol/errors.js';
-import { cleanup, nextEvent, outcome, resultOf, setup, task, uniqueKey, waitFor, within } from './helpers.js';
+import type { ASAPServerOptions } from '../../src/server/server.js';
+import { manualTimers, tickUntil, watch, whileTicking } from '../support/manual-time.js';
+import {
+  cleanup,
+  nextEvent,
+  onCleanup,
+  outcome,
+  resultOf,
+  setup,
+  task,
+  uniqueKey,
+  waitFor,
+  within,
+} from './helpers.js';
+
+/** `setup()` with the server and the client on the same manual timers. */
+async function manualSetup(
+  timers: ManualTimers,
+  clientOpts: WebSocketTransportOptions = {},
+  serverOpts: Partial<ASAPServerOptions> = {},
+): Promise<Awaited<ReturnType<typeof setup>>> {
+  const s = await setup({ timers, ...clientOpts }, { timers, ...serverOpts });
+  onCleanup(() => whileTicking(timers, s.server.close()));
+  onCleanup(() => whileTicking(timers, s.transport.close()));
+  return s;
+}
 
 afterEach(cleanup);
 
@@ -33,23 +60,33 @@ describe('requests across a reconnect', () => {
   });
 
   it('a request whose response was lost in the cut is answered from the dedupe store, not run again', async () => {
-    const { proxy, transport } = await setup();
+    // Both sides on manual time: no ack timeout, heartbeat or backoff runs unless the test moves time.
+    const timers = manualTimers();
+    const finished: string[] = [];
+    const { proxy, transport } = await manualSetup(
+      timers,
+      {},
+      { instrumentation: { requestFinished: (info) => finished.push(info.skill ?? '') } },
+    );
     const key = uniqueKey('resend');
     const events: string[] = [];
     transport.on('reconnected', () => events.push('reconnected'));
-    // 200 ms each way: the server runs `count` about 200 ms after the send, and its response would
-    // arrive about 200 ms later; the cut at 300 ms loses it (the ack timeout also retransmits meanwhile).
+    // 200 ms each way: once the server has run `count`, its response still has 200 ms to go in the
+    // proxy; the cut right then loses it.
     proxy.setLatency(200);
     const counted = transport.request(task('count', { key })).then((res) => {
       events.push('response');
       return res;
     });
-    await sleep(300);
+    await waitFor(() => finished.length === 1, 'the server to run count');
     proxy.cut();
     proxy.setLatency(0);
+    await tickUntil(timers, () => events.includes('reconnected'), 'the reconnect');
     const c = await within(counted, 5000, 'the cut request');
     expect(resultOf(c).count).toBe(1);
     expect(events).toEqual(['reconnected', 'response']);
+    // Run once: the copy sent again after the reconnect was answered from the dedupe store.
+    expect(finished).toEqual(['count']);
     // One more call on the same key: 2 means every copy of the first one ran exactly once.
     const again = await within(transport.request(task('count', { key })), 5000, 'second count');
     expect(resultOf(again).count).toBe(2);
@@ -94,7 +131,8 @@ describe('requests across a reconnect', () => {
   it('an outage longer than the ack retry budget does not fail the sends queued during it', async () => {
     // Ack budget: 50 + 100 + 200 ms. Nothing queued is written while disconnected, so nothing may count
     // as a retransmission: the queued sends must go out once connected, not fail with -32033.
-    const { proxy, transport } = await setup({ ack: { timeoutMs: 50, maxRetries: 2 } });
+    const timers = manualTimers();
+    const { proxy, transport } = await manualSetup(timers, { ack: { timeoutMs: 50, maxRetries: 2 } });
     const key = uniqueKey('outage');
     proxy.refuse(true);
     proxy.cut();
@@ -107,8 +145,15 @@ describe('requests across a reconnect', () => {
         payload: { task_id: 'no-such-task', reason: 'test' },
       }),
     );
-    await sleep(600);
+    // 600 ms of outage (the ack sweep runs every 10 ms of it), reconnect attempts failing meanwhile.
+    for (let i = 0; i < 12; i++) {
+      await timers.tick(50);
+      await sleep(2);
+    }
+    expect(transport.state).toBe('reconnecting');
+    expect(transport.unacknowledged).toBe(4);
     proxy.refuse(false);
+    await tickUntil(timers, () => transport.state === 'open', 'the reconnect');
 
     const results = await within(Promise.all(requests), 5000, 'queued requests');
     expect(results.map((r) => (r.ok ? resultOf(r.value).count : (r.error as Error).message))).toEqual([
@@ -120,16 +165,22 @@ describe('requests across a reconnect', () => {
   });
 
   it('a queued request that times out while disconnected fails and is never sent later', async () => {
-    const { proxy, transport } = await setup();
+    const timers = manualTimers();
+    const { proxy, transport } = await manualSetup(timers);
     const key = uniqueKey('expired');
     proxy.refuse(true);
     proxy.cut();
     await waitFor(() => transport.state === 'reconnecting', 'reconnecting');
-    const expired = outcome(transport.request(task('count', { key }), { timeoutMs: 30 }));
+    const expired = watch(outcome(transport.request(task('count', { key }), { timeoutMs: 30 })));
     const kept = transport.request(task('count', { key }));
-    const r = await within(expired, 5000, 'the expiring request');
+    // The deadline counts while queued: 30 ms, not a millisecond less.
+    await timers.tick(29);
+    expect(expired.settled()).toBe(false);
+    await timers.tick(1);
+    const r = await within(expired.promise, 5000, 'the expiring request');
     expect(!r.ok && r.error).toBeInstanceOf(RequestTimeoutError);
     proxy.refuse(false);
+    await tickUntil(timers, () => transport.state === 'open', 'the reconnect');
     // Had the expired one been flushed too, this would count 2.
     expect(resultOf(await within(kept, 5000, 'the kept request')).count).toBe(1);
     expect(transport.unacknowledged).toBe(0);

@@ -7,15 +7,17 @@ import {
   type WebSocketTransportOptions,
 } from '../../src/client/index.js';
 import { HandlerRegistry } from '../../src/core/registry.js';
-import { createEnvelope, type Envelope } from '../../src/protocol/envelope.js';
+import { createEnvelope, createReply, type Envelope } from '../../src/protocol/envelope.js';
 import {
   ASAPError,
   ConnectionError,
   ErrorCode,
+  LocalErrorCode,
   ProtocolError,
   RequestTimeoutError,
 } from '../../src/protocol/errors.js';
 import type { TaskStream } from '../../src/protocol/payloads.js';
+import { manualTimers, recordingFactory, whileTicking } from '../support/manual-time.js';
 import {
   activeTimeouts,
   baselineTimeouts,
@@ -492,25 +494,49 @@ describe('WebSocketTransport: reverse requests and close', () => {
 
 describe('WebSocketTransport: deadlines and cancellation', () => {
   it('fails a request past its timeout with RequestTimeoutError and frees its slot', async () => {
-    const d = await demo();
-    const t = transport(d.ws, { timerResolutionMs: 10 });
-    const err = await rejection(t.request(taskInit('sleep', { ms: 1000 }), { timeoutMs: 50 }));
+    // Client and server on one manual clock: the deadline passes when the test says, not before.
+    const timers = manualTimers();
+    const d = await demo({ timers });
+    cleanups.push(() => whileTicking(timers, d.server.close()));
+    const t = transport(d.ws, { timerResolutionMs: 10, timers });
+    const pending = watch(rejection(t.request(taskInit('sleep', { ms: 1000 }), { timeoutMs: 50 })));
+    await waitFor(() => d.server.dispatcher.inFlight === 1 && t.unacknowledged === 0, 'the request to run');
+    await timers.tick(49);
+    expect(pending.settled()).toBe(false);
+    expect(t.inFlight).toBe(1);
+    await timers.tick(1);
+    const err = await pending.promise;
     expect(err).toBeInstanceOf(RequestTimeoutError);
-    expect(err.code).toBe(ErrorCode.Timeout);
+    expect(err.code).toBe(LocalErrorCode.RequestTimeout);
     expect(t.inFlight).toBe(0);
     expect(t.state).toBe('open');
   });
 
   it('applies requestTimeoutMs to every request, and to a stream that stalls', async () => {
+    const timers = manualTimers();
     const r = await raw();
-    const t = transport(r.url, { requestTimeoutMs: 60, timerResolutionMs: 10 });
-    expect(await rejection(t.request(taskInit('echo')))).toBeInstanceOf(RequestTimeoutError);
+    const t = transport(r.url, { requestTimeoutMs: 60, timerResolutionMs: 10, timers });
+    const request = watch(rejection(t.request(taskInit('echo'))));
+    await r.request(0);
+    await timers.tick(59);
+    expect(request.settled()).toBe(false);
+    await timers.tick(1);
+    expect(await request.promise).toBeInstanceOf(RequestTimeoutError);
+
+    // Each chunk gives a stream the whole deadline anew: one chunk after 40 ms moves it to 100 ms.
+    const chunks: Envelope<TaskStream>[] = [];
     const iterate = async () => {
-      for await (const _ of t.stream(taskInit('stream'))) {
-        // nothing arrives
-      }
+      for await (const c of t.stream(taskInit('stream'))) chunks.push(c);
     };
-    expect(await rejection(iterate())).toBeInstanceOf(RequestTimeoutError);
+    const stream = watch(rejection(iterate()));
+    const req = await r.request(1);
+    await timers.tick(40);
+    r.send(resultFrame(req.id, createReply(req.params.envelope, 'TaskStream', { chunk: 'a', final: false })));
+    await waitFor(() => chunks.length === 1, 'the chunk');
+    await timers.tick(59);
+    expect(stream.settled()).toBe(false);
+    await timers.tick(1);
+    expect(await stream.promise).toBeInstanceOf(RequestTimeoutError);
     expect(t.inFlight).toBe(0);
   });
 
@@ -737,18 +763,36 @@ describe('WebSocketTransport: a misbehaving server', () => {
   });
 
   it('pings a server that stays silent for a heartbeat interval; heartbeatIntervalMs 0 never does', async () => {
+    const timers = manualTimers();
     const r = await raw((ws, f) => {
       if (f?.type === 'ping') ws.send('{"type":"pong"}');
     });
-    const quiet = transport(r.url, { heartbeatIntervalMs: 0 });
+    const quietRec = recordingFactory(timers);
+    const quiet = transport(r.url, { heartbeatIntervalMs: 0, timers, webSocketFactory: quietRec.factory });
     await quiet.connect();
-    const chatty = transport(r.url, { heartbeatIntervalMs: 50, reconnect: true });
+    const rec = recordingFactory(timers);
+    const chatty = transport(r.url, { heartbeatIntervalMs: 50, timers, webSocketFactory: rec.factory });
     await chatty.connect();
     await waitFor(() => r.sockets.length === 2, 'connections');
-    // Connection 0 is the quiet one; the chatty one is 1 (or later, had a loaded machine made it reconnect).
-    const pings = (frames: Json[][]) => frames.flat().filter((f) => f?.type === 'ping').length;
-    await waitFor(() => pings(r.framesOf.slice(1)) >= 2, 'two heartbeat pings from the client');
-    expect(pings(r.framesOf.slice(0, 1))).toBe(0);
+    const t0 = timers.now();
+    const pings = () => rec.writesOf((text) => text === '{"type":"ping"}');
+    // Silent for exactly one interval is not silent for more than one: no ping at 50 ms.
+    await timers.tick(50);
+    expect(pings()).toEqual([]);
+    await timers.tick(50);
+    expect(pings()).toEqual([t0 + 100]);
+    await waitFor(() => r.framesOf[1]!.filter((f) => f?.type === 'ping').length === 1, 'the ping');
+    // The pong (and the flush's ping) arrive at 100 ms: the next ping is due at 200, not 150.
+    await flush(r);
+    await timers.tick(50);
+    expect(pings()).toEqual([t0 + 100]);
+    await timers.tick(50);
+    expect(pings()).toEqual([t0 + 100, t0 + 200]);
+    await waitFor(() => r.framesOf[1]!.filter((f) => f?.type === 'ping').length === 2, 'the second ping');
+    // The quiet one never pings, however long.
+    await timers.tick(10_000);
+    expect(quietRec.writesOf((text) => text === '{"type":"ping"}')).toEqual([]);
+    expect(r.framesOf[0]!.filter((f) => f?.type === 'ping')).toHaveLength(0);
     expect(quiet.state).toBe('open');
   });
 
@@ -1031,8 +1075,15 @@ describe('WebSocketTransport: authentication', () => {
       ['wrong', 'Invalid token'],
       [undefined, 'Authentication required'],
     ] as const) {
-      const t = new WebSocketTransport(d.ws, { token, backoff: { baseMs: 10, jitter: 0 } });
-      cleanups.push(() => t.close());
+      const timers = manualTimers();
+      const rec = recordingFactory(timers);
+      const t = new WebSocketTransport(d.ws, {
+        token,
+        backoff: { baseMs: 10, jitter: 0 },
+        timers,
+        webSocketFactory: rec.factory,
+      });
+      cleanups.push(() => whileTicking(timers, t.close()));
       const events: string[] = [];
       t.on('reconnecting', () => events.push('reconnecting'));
       t.on('gaveUp', () => events.push('gaveUp'));
@@ -1041,9 +1092,12 @@ describe('WebSocketTransport: authentication', () => {
       expect(err.code).toBe(ErrorCode.Unauthorized);
       expect(err.message).toBe(reason);
       expect(t.state).toBe('closed');
-      await delay(50); // a reconnect would have started by now
+      // Far past any reconnect delay: no second attempt.
+      await timers.tick(60_000);
+      expect(rec.attempts).toHaveLength(1);
       expect(events).toEqual(['gaveUp']);
       expect(t.state).toBe('closed');
+      await delay(20);
       expect(d.server.connections).toHaveLength(0);
     }
   });

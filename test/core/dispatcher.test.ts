@@ -9,7 +9,7 @@ import { Dispatcher, type DispatcherOptions, replyTypeFor } from '../../src/core
 import { fingerprint } from '../../src/core/fingerprint.js';
 import { type HandlerContext, HandlerRegistry } from '../../src/core/registry.js';
 import { createEnvelope, createReply, type Envelope } from '../../src/protocol/envelope.js';
-import { ASAPError, ErrorCode } from '../../src/protocol/errors.js';
+import { ASAPError, ConnectionError, ErrorCode, RequestTimeoutError } from '../../src/protocol/errors.js';
 import {
   decodeFrame,
   encodeBatch,
@@ -216,6 +216,27 @@ describe('error mapping (§3)', () => {
       expect(line?.level).toBe('error');
       expect(JSON.stringify(line?.obj)).toMatch(skill === 'overflow' ? /call stack/ : /Cannot read/);
     }
+  });
+
+  it('a local error a handler lets escape goes out in its wire form: a timeout as -32033, the rest opaque', async () => {
+    const logger = new RecordingLogger();
+    const { d } = make(
+      (r) => {
+        r.skill('lost', async () => {
+          throw new ConnectionError('Connection closed (1006) to urn:asap:agent:downstream');
+        });
+        r.skill('slow', () => {
+          throw new RequestTimeoutError('No response to ws-req-4 within 50 ms');
+        });
+      },
+      { logger },
+    );
+    const s = new FakeSession(false);
+    const lost = (await send(d, s, taskRequest('lost')))?.error as unknown as { data: { error_id: string } };
+    expect(lost).toEqual({ code: -32603, message: 'Internal error', data: { error_id: expect.any(String) } });
+    const line = logger.entries.find((l) => (l.obj as { error_id?: string }).error_id === lost.data.error_id);
+    expect(JSON.stringify(line?.obj)).toMatch(/downstream/);
+    expect((await send(d, s, taskRequest('slow')))?.error).toMatchObject({ code: ErrorCode.Timeout });
   });
 
   it('exposeHandlerErrors: false makes every handler error generic', async () => {

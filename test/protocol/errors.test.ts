@@ -2,10 +2,15 @@ import { describe, expect, it } from 'vitest';
 import {
   ASAPError,
   ConnectionError,
+  decodeFrame,
   ErrorCode,
+  encodeError,
+  LocalErrorCode,
   ProtocolError,
+  RequestAbortedError,
   RequestTimeoutError,
   toASAPError,
+  toWireError,
 } from '../../src/protocol/index.js';
 
 describe('ErrorCode (§3 table)', () => {
@@ -193,35 +198,140 @@ describe('toASAPError', () => {
   });
 });
 
+describe('LocalErrorCode', () => {
+  const wire: number[] = Object.values(ErrorCode);
+  const local: number[] = Object.values(LocalErrorCode);
+
+  it('has one code per local failure, all distinct', () => {
+    expect(LocalErrorCode).toEqual({
+      ConnectionFailed: -31001,
+      RequestTimeout: -31002,
+      ProtocolViolation: -31003,
+      RequestAborted: -31004,
+    });
+    expect(new Set(local).size).toBe(local.length);
+  });
+
+  it('is distinct from every wire code, and outside the JSON-RPC reserved range and the local range only', () => {
+    for (const code of local) {
+      expect(wire).not.toContain(code);
+      expect(code < -32768 || code > -32000, `${code}`).toBe(true);
+      expect(code >= -31099 && code <= -31000, `${code}`).toBe(true);
+    }
+  });
+});
+
 describe('local error classes', () => {
-  it.each<{ name: string; err: ASAPError; code: number; data?: unknown }>([
+  it.each<{
+    name: string;
+    err: ASAPError;
+    code: number;
+    data?: unknown;
+    wire: { code: number; message: string };
+  }>([
     {
       name: 'ConnectionError',
       err: new ConnectionError('socket closed', { attempts: 3 }),
-      code: -32603,
+      code: LocalErrorCode.ConnectionFailed,
       data: { attempts: 3 },
+      wire: { code: -32603, message: 'Internal error' },
+    },
+    {
+      name: 'RequestAbortedError',
+      err: new RequestAbortedError('Request aborted: user gave up', { url: 'ws://internal:9/asap/ws' }),
+      code: LocalErrorCode.RequestAborted,
+      data: { url: 'ws://internal:9/asap/ws' },
+      wire: { code: -32603, message: 'Internal error' },
     },
     {
       name: 'ProtocolError',
       err: new ProtocolError('correlation mismatch', { expected: 'a' }),
-      code: -32600,
+      code: LocalErrorCode.ProtocolViolation,
       data: { expected: 'a' },
+      wire: { code: -32603, message: 'Internal error' },
     },
-    { name: 'RequestTimeoutError', err: new RequestTimeoutError('no answer in 60000 ms'), code: -32033 },
-  ])('$name has its name and code', ({ name, err, code, data }) => {
-    expect(err).toBeInstanceOf(ASAPError);
-    expect(err).toBeInstanceOf(Error);
-    expect(err.name).toBe(name);
-    expect(err.code).toBe(code);
-    expect(err.data).toEqual(data);
-    expect(err.toJSON().code).toBe(code);
+    {
+      name: 'RequestTimeoutError',
+      err: new RequestTimeoutError('No response from http://10.0.0.7:8000/asap within 60000 ms'),
+      code: LocalErrorCode.RequestTimeout,
+      wire: { code: ErrorCode.Timeout, message: 'Handler timed out' },
+    },
+  ])(
+    '$name has its name, its local code and the local marker, and goes on the wire as $wire.code',
+    ({ name, err, code, data, wire }) => {
+      expect(err).toBeInstanceOf(ASAPError);
+      expect(err).toBeInstanceOf(Error);
+      expect(err.name).toBe(name);
+      expect(err.code).toBe(code);
+      expect(err.data).toEqual(data);
+      expect(err.local).toBe(true);
+      expect(err.stack).toContain(err.message);
+
+      // What a peer sees: a wire code, no local message, data or stack.
+      const onWire = toWireError(err);
+      expect(onWire).toBeInstanceOf(ASAPError);
+      expect(onWire.local).toBe(false);
+      expect(onWire.toJSON()).toStrictEqual(wire);
+      expect(err.toWire()).toStrictEqual(wire);
+      expect(JSON.stringify(err.toWire())).not.toContain(err.message);
+      expect(toASAPError(err).toWire()).toStrictEqual(wire);
+      expect(Object.values(ErrorCode)).toContain(err.toWire().code);
+      expect(decodeFrame(encodeError(1, err))).toMatchObject({ kind: 'error', error: wire });
+      // Its own form stays for logs and callers.
+      expect(err.toJSON()).toStrictEqual(
+        data === undefined ? { code, message: err.message } : { code, message: err.message, data },
+      );
+    },
+  );
+
+  it('a RequestAbortedError is a ConnectionError with its own code and a default message', () => {
+    const err = new RequestAbortedError();
+    expect(err).toBeInstanceOf(ConnectionError);
+    expect(err.code).toBe(LocalErrorCode.RequestAborted);
+    expect(err.code).not.toBe(new ConnectionError('x').code);
+    expect(err.message).toBe('Request aborted');
+    expect(err.name).toBe('RequestAbortedError');
   });
 
   it('tells the classes apart', () => {
     const conn = new ConnectionError('x');
     expect(conn).not.toBeInstanceOf(ProtocolError);
+    expect(conn).not.toBeInstanceOf(RequestAbortedError);
     expect(conn.data).toBeUndefined();
     expect(new ProtocolError('y')).not.toBeInstanceOf(RequestTimeoutError);
     expect(new ProtocolError('y').message).toBe('y');
+  });
+
+  it('the local code tells a local timeout from the timeout a peer answered', () => {
+    const mine = new RequestTimeoutError('no answer in 50 ms');
+    const theirs = ASAPError.fromJSON({ code: -32033, message: 'Handler exceeded its deadline' });
+    expect(mine.code).not.toBe(theirs.code);
+    expect([mine.local, theirs.local]).toEqual([true, false]);
+  });
+});
+
+describe('wire errors are not local', () => {
+  it.each([
+    ...Object.values(ErrorCode).map((code) => ({ code, message: 'm' })),
+    { code: 4242, message: 'peer-specific', data: ['a', 1] },
+    // A peer that sends a code of our local range is still a peer answering.
+    { code: LocalErrorCode.ConnectionFailed, message: 'odd peer' },
+  ])('fromJSON($code) is not local and keeps its wire form', (obj) => {
+    const err = ASAPError.fromJSON(obj);
+    expect(err.local).toBe(false);
+    expect(toWireError(err)).toBe(err);
+    expect(err.toJSON()).toStrictEqual(obj);
+  });
+
+  it('neither are the errors this process answers with', () => {
+    for (const err of [
+      new ASAPError(-32602, 'x'),
+      ASAPError.internal('db down'),
+      ASAPError.timeout(),
+      toASAPError(new Error('boom')),
+    ]) {
+      expect(err.local).toBe(false);
+      expect(toWireError(err)).toBe(err);
+    }
   });
 });

@@ -248,3 +248,49 @@ describe('Instrumentation on the server', () => {
     ]);
   });
 });
+
+describe('Connection: answers and acks inside a batch', () => {
+  it('settles a push by an ack in a batch and a reverse request by an answer in a batch', async () => {
+    const { server, wsUrl } = await startDemo();
+    const peer = await connect(wsUrl);
+    await peer.call(task('echo', {}));
+    const conn = server.connectionsFor(CLIENT_URN)[0]!;
+    const push = conn.push({
+      ...task('echo'),
+      sender: 'urn:asap:agent:demo',
+      recipient: CLIENT_URN,
+      payload_type: 'MessageSend',
+      payload: { conversation_id: 'c', content: 'hi' },
+    });
+    const pushed = await peer.waitFor((f) => f.method === 'asap.send' && f.id === undefined);
+    const reverse = conn.request({
+      sender: 'urn:asap:agent:demo',
+      recipient: CLIENT_URN,
+      payload_type: 'StateQuery',
+      payload: { task_id: 't' },
+    });
+    const asked = await peer.waitFor((f) => f.method === 'asap.send' && typeof f.id === 'string');
+    const answer = {
+      ...task('echo'),
+      payload_type: 'TaskResponse',
+      payload: { task_id: 't', status: 'completed' },
+      correlation_id: asked.params.envelope.id,
+    };
+    const ack = {
+      ...task('echo'),
+      payload_type: 'MessageAck',
+      payload: { original_envelope_id: pushed.params.envelope.id, status: 'received' },
+    };
+    peer.send([
+      { jsonrpc: '2.0', method: 'asap.ack', params: { envelope: ack } },
+      { jsonrpc: '2.0', result: { envelope: answer }, id: asked.id },
+      { jsonrpc: '2.0', result: { envelope: answer }, id: 'nobody-asked' },
+    ]);
+    await push;
+    expect((await reverse).correlation_id).toBe(asked.params.envelope.id);
+    await peer.close();
+    await waitFor(() => !conn.isOpen, 'the connection to close');
+    await expect(conn.push(task('echo'))).rejects.toThrow('Connection is closed');
+    expect(conn.send('{}')).toBe('closed');
+  });
+});
