@@ -1,4 +1,4 @@
-import { ASAPError, ErrorCode } from '../protocol/errors.js';
+import { type ASAPError, RequestTimeoutError } from '../protocol/errors.js';
 import { type Clock, systemClock } from './clock.js';
 
 export interface AckOptions {
@@ -67,14 +67,11 @@ export class AckTracker {
       if (e.retries >= this.maxRetries) {
         this.entries.delete(id);
         failed++;
+        // Local: the peer never answered (a RequestTimeoutError, not the wire's -32033).
         e.fail(
-          new ASAPError(
-            ErrorCode.Timeout,
-            `No acknowledgement for ${id} after ${e.retries} retransmissions`,
-            {
-              envelope_id: id,
-            },
-          ),
+          new RequestTimeoutError(`No acknowledgement for ${id} after ${e.retries} retransmissions`, {
+            envelope_id: id,
+          }),
         );
         continue;
       }

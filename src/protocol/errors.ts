@@ -227,7 +227,7 @@ export class ProtocolError extends ASAPError {
 export class RequestTimeoutError extends ASAPError {
   override readonly name = 'RequestTimeoutError';
   override readonly local = true;
-  constructor(message: string) {
-    super(LocalErrorCode.RequestTimeout, message);
+  constructor(message: string, data?: unknown) {
+    super(LocalErrorCode.RequestTimeout, message, data);
   }
 }

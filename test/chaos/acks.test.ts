@@ -8,7 +8,7 @@ import type { WebSocketTransport, WebSocketTransportOptions } from '../../src/cl
 import type { CircuitState } from '../../src/core/circuit-breaker.js';
 import type { ManualTimers } from '../../src/core/timers.js';
 import { createEnvelope } from '../../src/protocol/envelope.js';
-import { ConnectionError, ErrorCode } from '../../src/protocol/errors.js';
+import { ConnectionError, ErrorCode, LocalErrorCode } from '../../src/protocol/errors.js';
 import { manualTimers, recordingFactory, watch, whileTicking } from '../support/manual-time.js';
 import {
   AGENT_URN,
@@ -142,7 +142,7 @@ describe('retransmission', () => {
     expect(server.envelopes.length).toBe(3);
   });
 
-  it('no ack at all: maxRetries retransmissions with growing gaps, then -32033; the breaker opens, fails fast, half-opens and closes', async () => {
+  it('no ack at all: maxRetries retransmissions with growing gaps, then a local timeout; the breaker opens, fails fast, half-opens and closes', async () => {
     let behave = false;
     const timers = manualTimers();
     const rec = recordingFactory(timers);
@@ -171,8 +171,8 @@ describe('retransmission', () => {
     expect(rb.settled()).toBe(false);
     await timers.tick(1);
     const [oa, ob] = await within(Promise.all([ra.promise, rb.promise]), 5000, 'the unacked requests');
-    expect(code(oa)).toBe(ErrorCode.Timeout);
-    expect(code(ob)).toBe(ErrorCode.Timeout);
+    expect(code(oa)).toBe(LocalErrorCode.RequestTimeout);
+    expect(code(ob)).toBe(LocalErrorCode.RequestTimeout);
 
     await waitFor(() => server.envelopes.length === 8, 'eight copies at the server');
     for (const env of [a, b]) {
@@ -275,7 +275,7 @@ describe('acked notifications', () => {
     expect(transport.unacknowledged).toBe(0);
   });
 
-  it('an unacked TaskCancel is retransmitted, then the send fails with -32033', async () => {
+  it('an unacked TaskCancel is retransmitted, then the send fails with a local timeout', async () => {
     const timers = manualTimers();
     const rec = recordingFactory(timers);
     const server = await PlainServer.start();
@@ -293,7 +293,7 @@ describe('acked notifications', () => {
     expect(sending.settled()).toBe(false);
     await timers.tick(1);
     const r = await within(sending.promise, 5000, 'unacked send');
-    expect(code(r)).toBe(ErrorCode.Timeout);
+    expect(code(r)).toBe(LocalErrorCode.RequestTimeout);
     await waitFor(() => server.envelopes.length === 3, 'three copies at the server');
     expect(server.envelopes.map((c) => c.msg.params!.envelope!.id)).toEqual([env.id, env.id, env.id]);
     expect(server.envelopes.every((c) => c.msg.id === undefined)).toBe(true);

@@ -217,7 +217,7 @@ describe('connect timeout on manual time', () => {
 });
 
 describe('ack expiry on manual time', () => {
-  it('an unacked request is retransmitted after timeoutMs, then 2× and 4× that, and fails -32033 after maxRetries', async () => {
+  it('an unacked request is retransmitted after timeoutMs, then 2× and 4× that, and fails with a local timeout after maxRetries', async () => {
     const timers = manualTimers();
     // Records every frame; never acks, never answers (heartbeat pings get their pong).
     const server = await PlainServer.start();
@@ -253,7 +253,7 @@ describe('ack expiry on manual time', () => {
     expect(result.settled()).toBe(false);
     await timers.tick(1);
     const r = await within(result.promise, 5000, 'the unacked request');
-    expect(code(r)).toBe(ErrorCode.Timeout);
+    expect(code(r)).toBe(LocalErrorCode.RequestTimeout);
     expect(!r.ok && r.error.message).toContain('after 3 retransmissions');
 
     await letIoLand();
@@ -340,7 +340,7 @@ describe('server on manual time', () => {
     await waitFor(() => server.connections.length === 0, 'the server to forget it');
   });
 
-  it('push acks: an unacked push is retransmitted after timeoutMs, 2× and 4× that, then the push rejects -32033', async () => {
+  it('push acks: an unacked push is retransmitted after timeoutMs, 2× and 4× that, then the push rejects with a local timeout', async () => {
     const timers = manualTimers();
     const retransmitted: string[] = [];
     const { server } = await startServer(timers, {
@@ -379,7 +379,7 @@ describe('server on manual time', () => {
     expect(pushed.settled()).toBe(false);
     await timers.tick(1);
     const r = await within(pushed.promise, 5000, 'the push');
-    expect(code(r)).toBe(ErrorCode.Timeout);
+    expect(code(r)).toBe(LocalErrorCode.RequestTimeout);
     expect(retransmitted).toEqual([push.id, push.id, push.id]);
     expect(copies()).toHaveLength(4);
     expect(copies().every((c) => c.params.envelope.requires_ack === true)).toBe(true);

@@ -5,7 +5,7 @@ import { backoffDelay } from '../../src/core/backoff.js';
 import { CircuitBreaker, type CircuitState } from '../../src/core/circuit-breaker.js';
 import { ManualClock, systemClock } from '../../src/core/clock.js';
 import { TokenBucket } from '../../src/core/token-bucket.js';
-import type { ASAPError } from '../../src/protocol/errors.js';
+import { type ASAPError, LocalErrorCode } from '../../src/protocol/errors.js';
 
 describe('TokenBucket', () => {
   it('allows a burst, then refills at the rate up to the burst', () => {
@@ -185,7 +185,7 @@ describe('AckTracker', () => {
     expect(t.check(true)).toBe(1);
     expect(sent).toHaveLength(2);
     expect(failed).toHaveLength(1);
-    expect(failed[0]!.code).toBe(-32033);
+    expect(failed[0]!.code).toBe(LocalErrorCode.RequestTimeout);
     expect(failed[0]!.message).toContain('e1');
     expect(failed[0]!.data).toEqual({ envelope_id: 'e1' });
     expect(t.has('e1')).toBe(false);

@@ -5,6 +5,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { MemoryDedupeStore } from '../../src/core/dedupe.js';
 import { createEnvelope } from '../../src/protocol/envelope.js';
+import { LocalErrorCode } from '../../src/protocol/errors.js';
 import { MAX_JSON_DEPTH } from '../../src/protocol/jsonrpc.js';
 import { killRemotePeers, RemotePeer } from '../support/remote-peer.js';
 import {
@@ -369,7 +370,9 @@ describe('server.push to an agent with several connections', () => {
     const { server, wsUrl } = await startDemo({ ack: { timeoutMs: 50, maxRetries: 1, checkIntervalMs: 20 } });
     const silent = await connect(wsUrl);
     await silent.call(task('echo'), 'hello');
-    await expect(server.push(CLIENT_URN, update(2))).rejects.toMatchObject({ code: -32033 });
+    await expect(server.push(CLIENT_URN, update(2))).rejects.toMatchObject({
+      code: LocalErrorCode.RequestTimeout,
+    });
     expect(await server.push('urn:asap:agent:nobody', update(3))).toBe(0);
   });
 

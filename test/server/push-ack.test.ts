@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { createEnvelope, type Envelope } from '../../src/protocol/envelope.js';
-import { ASAPError } from '../../src/protocol/errors.js';
+import { ASAPError, LocalErrorCode } from '../../src/protocol/errors.js';
 import { ASAPServer } from '../../src/server/server.js';
 
 const CLIENT = 'urn:asap:agent:push-client';
@@ -89,7 +89,7 @@ describe('server push with acknowledgements (asap-wire.md §6)', () => {
     await expect(pushed).resolves.toBe(1);
   });
 
-  it('retransmits the same envelope until acked, then gives up with -32033', async () => {
+  it('retransmits the same envelope until acked, then gives up with a local RequestTimeoutError', async () => {
     const { frames } = await setup();
     const pushed = server!.push(CLIENT, taskRequest());
     const err = await pushed.then(
@@ -97,7 +97,7 @@ describe('server push with acknowledgements (asap-wire.md §6)', () => {
       (e: unknown) => e,
     );
     expect(err).toBeInstanceOf(ASAPError);
-    expect((err as ASAPError).code).toBe(-32033);
+    expect((err as ASAPError).code).toBe(LocalErrorCode.RequestTimeout);
     const copies = pushes(frames);
     expect(copies.length).toBe(3);
     expect(new Set(copies.map((c) => c.id)).size).toBe(1);
