@@ -17,7 +17,9 @@ import {
   envelopeParam,
   type Frame,
   METHOD_ACK,
+  METHOD_RESUME,
   METHOD_SEND,
+  METHOD_SESSION,
 } from '../protocol/jsonrpc.js';
 import type { MessageAck, TaskStream } from '../protocol/payloads.js';
 import { isJsonObject } from '../protocol/schema-util.js';
@@ -57,6 +59,12 @@ export interface WebSocketTransportOptions {
   registry?: HandlerRegistry;
   /** Pushed envelopes kept for `receive()` (default 1,000; the oldest is dropped past it). */
   maxBufferedPushes?: number;
+  /**
+   * Open a session (asap-wire.md §12) and resume it after a reconnect, so pushes sent while
+   * disconnected are replayed, even from another node (default true). A server that does not
+   * know sessions ignores the request.
+   */
+  resume?: boolean;
   /** Granularity of the single timer that enforces deadlines and ack timeouts (default 100 ms). */
   timerResolutionMs?: number;
   logger?: Logger;
@@ -69,6 +77,8 @@ export type RequestOptions = PeerRequestOptions;
 
 export interface TransportEvents extends ChannelEvents {
   message: (envelope: Envelope<object>) => void;
+  /** The server opened or resumed this client's session; `resumed: false` after a reconnect means pushes were lost. */
+  session: (info: { sessionId: string; resumed: boolean }) => void;
   circuit: (state: CircuitState, previous: CircuitState) => void;
 }
 
@@ -99,6 +109,8 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
   /** Pushes seen lately (sender + id), so a retransmitted push is acked again but delivered once. */
   private readonly seenPushes: ExpiringMap<true>;
   private readonly dispatcher: Dispatcher | undefined;
+  /** The session (§12) and the highest seq delivered in it. */
+  private session: { id: string; lastSeq: number } | undefined;
 
   constructor(url?: string, opts: WebSocketTransportOptions = {}) {
     super();
@@ -134,6 +146,14 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
       {
         message: (text) => this.peer.receive(text),
         opened: (reconnected) => {
+          // First frame on every connection: open the session, or resume it from the last seq delivered.
+          if (opts.resume ?? true) {
+            const params =
+              this.session === undefined
+                ? { session_id: null }
+                : { session_id: this.session.id, last_seq: this.session.lastSeq };
+            this.channel.send(encodeNotification(METHOD_RESUME, params));
+          }
           if (reconnected && resend) this.peer.reconnected();
         },
         dropped: (err) => this.peer.disconnected(err, resend),
@@ -182,6 +202,11 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
 
   get circuitState(): CircuitState {
     return this.breaker?.state ?? 'closed';
+  }
+
+  /** The id of this client's session (§12), once the server opened one. */
+  get sessionId(): string | undefined {
+    return this.session?.id;
   }
 
   /** The subprotocol the server selected. */
@@ -276,7 +301,9 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
         this.logger.warn({ id: frame.id, error: frame.error }, 'error for no pending request');
         return;
       case 'notification':
-        if (frame.method === METHOD_SEND) this.onPush(envelopeParam(frame.params));
+        if (frame.method === METHOD_SEND)
+          this.onPush(envelopeParam(frame.params), isJsonObject(frame.params) ? frame.params.seq : undefined);
+        else if (frame.method === METHOD_SESSION) this.onSession(frame.params);
         return;
       case 'request':
         void this.onReverseRequest(frame);
@@ -287,7 +314,14 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
     }
   }
 
-  private onPush(raw: unknown): void {
+  private onSession(params: unknown): void {
+    if (!isJsonObject(params) || typeof params.session_id !== 'string') return;
+    const resumed = params.resumed === true && this.session?.id === params.session_id;
+    if (!resumed) this.session = { id: params.session_id, lastSeq: 0 };
+    this.emit('session', { sessionId: params.session_id, resumed });
+  }
+
+  private onPush(raw: unknown, seq?: unknown): void {
     const v = validateEnvelope(raw);
     if (!v.ok) {
       this.logger.warn({ issues: v.issues }, 'invalid pushed envelope dropped');
@@ -296,6 +330,9 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
     const env = v.envelope;
     if (env.requires_ack === true)
       this.channel.send(encodeNotification(METHOD_ACK, { envelope: ackFor(env, 'received') }));
+    // Delivered (now, or before: a replay of a push already seen is dropped below).
+    if (this.session !== undefined && typeof seq === 'number' && seq > this.session.lastSeq)
+      this.session.lastSeq = seq;
     const key = `${env.sender}\u0000${env.id}`;
     if (this.seenPushes.get(key) !== undefined) return;
     this.seenPushes.set(key, true);

@@ -15,6 +15,7 @@ import {
   encodeEnvelopeRequest,
   encodeEnvelopeResult,
   encodeNotification,
+  encodeSuccess,
   envelopeParam,
   type Frame,
   METHOD_ACK,
@@ -174,14 +175,12 @@ export class Peer {
    * Sends an envelope that expects no answer (a notification, or a push in the
    * configured form). With `requires_ack` it resolves once acknowledged and is
    * retransmitted until then; otherwise once written (after the send buffer
-   * drains, when it is over its mark) or held.
+   * drains, when it is over its mark) or held. `seq`: its place in the receiver's session
+   * (asap-wire.md §12), sent next to the envelope.
    */
-  send(envelope: Envelope<object>): Promise<void> {
+  send(envelope: Envelope<object>, seq?: number): Promise<void> {
     if (this.closedWith !== undefined) return Promise.reject(this.closedWith);
-    const text =
-      this.opts.pushForm === 'result'
-        ? encodeEnvelopeResult(null, envelope)
-        : encodeNotification(METHOD_SEND, { envelope });
+    const text = encodePush(envelope, this.opts.pushForm, seq);
     const sent = this.channel.send(text);
     if (sent === 'full' || sent === 'closed') return Promise.reject(this.unsendable(sent));
     const written = sent === 'written' ? this.channel.drained() : undefined;
@@ -484,6 +483,22 @@ export function answerEnvelope(result: unknown, requestId: string): Envelope<obj
     });
   }
   return env;
+}
+
+/** An envelope sent without expecting an answer, in the push form given, with its session seq if any. */
+function encodePush(
+  envelope: Envelope<object>,
+  form: PeerOptions['pushForm'],
+  seq: number | undefined,
+): string {
+  if (seq === undefined) {
+    return form === 'result'
+      ? encodeEnvelopeResult(null, envelope)
+      : encodeNotification(METHOD_SEND, { envelope });
+  }
+  return form === 'result'
+    ? encodeSuccess(null, { envelope, seq })
+    : encodeNotification(METHOD_SEND, { envelope, seq });
 }
 
 /** The error a request aborted by its signal fails with (the signal's reason when it is an ASAPError). */

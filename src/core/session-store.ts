@@ -15,6 +15,12 @@ export interface SessionEntry {
  * What a resume can replay: the kept pushes after `last_seq`, in order; or `expired` when
  * the session is gone (unknown, expired, closed) or cannot replay without a gap.
  */
+export interface AppendResult {
+  seq: number;
+  /** False when the session already held this envelope (nothing was added). */
+  fresh: boolean;
+}
+
 export type SessionReplay = { expired: false; entries: SessionEntry[] } | { expired: true };
 
 /**
@@ -35,13 +41,20 @@ export interface SessionStore {
   open(callerId: string): { sessionId: string } | Promise<{ sessionId: string }>;
   /**
    * Keeps a push to the session (attached or not) and returns its seq: monotonic per
-   * session, from 1. Undefined when the session is gone (the push then carries no seq).
+   * session, from 1. Idempotent by envelope id: appending an envelope the session already
+   * holds returns its seq with `fresh: false` and notifies nobody (the same push may reach a
+   * session through two nodes). Undefined when the session is gone.
    */
   append(
     sessionId: string,
     envelopeJson: string,
     envelopeId: string,
-  ): number | undefined | Promise<number | undefined>;
+  ): AppendResult | undefined | Promise<AppendResult | undefined>;
+  /**
+   * Calls `listener` with every entry appended from now on (fresh ones only), from whichever
+   * node appended it: the connection that holds the session writes them. Returns the remover.
+   */
+  subscribe(sessionId: string, listener: (entry: SessionEntry) => void): () => void;
   /**
    * The kept pushes with seq > `lastSeq`, in order; pushes up to `lastSeq` are delivered and
    * may be forgotten. `expired` when the session is gone, when pushes after `lastSeq` were
@@ -87,6 +100,9 @@ interface SessionRecord {
   attached: number;
   /** clock.now() when the last connection went (meaningful while `attached` is 0). */
   detachedAt: number;
+  /** Envelope ids appended and still kept, to their seq (append is idempotent by id). */
+  ids: Map<string, number>;
+  listeners: Set<(entry: SessionEntry) => void>;
 }
 
 /**
@@ -133,19 +149,33 @@ export class MemorySessionStore implements SessionStore {
       nextSeq: 1,
       attached: 1,
       detachedAt: 0,
+      ids: new Map(),
+      listeners: new Set(),
     };
     this.sessions.set(rec.id, rec);
     return { sessionId: rec.id };
   }
 
-  append(sessionId: string, envelopeJson: string, envelopeId: string): number | undefined {
+  append(sessionId: string, envelopeJson: string, envelopeId: string): AppendResult | undefined {
     const rec = this.get(sessionId);
     if (rec === undefined) return undefined;
+    const known = rec.ids.get(envelopeId);
+    if (known !== undefined) return { seq: known, fresh: false };
     const seq = rec.nextSeq++;
-    rec.entries.push({ seq, envelope: envelopeJson, envelopeId });
+    const entry: SessionEntry = { seq, envelope: envelopeJson, envelopeId };
+    rec.entries.push(entry);
+    rec.ids.set(envelopeId, seq);
     rec.bytes += utf8Length(envelopeJson);
     while (rec.entries.length - rec.head > this.maxEntries || rec.bytes > this.maxBytes) this.shift(rec);
-    return seq;
+    for (const listener of rec.listeners) listener(entry);
+    return { seq, fresh: true };
+  }
+
+  subscribe(sessionId: string, listener: (entry: SessionEntry) => void): () => void {
+    const rec = this.sessions.get(sessionId);
+    if (rec === undefined) return () => {};
+    rec.listeners.add(listener);
+    return () => rec.listeners.delete(listener);
   }
 
   since(sessionId: string, lastSeq: number): SessionReplay {
@@ -211,6 +241,8 @@ export class MemorySessionStore implements SessionStore {
     const entry = rec.entries[rec.head]!;
     rec.head++;
     rec.bytes -= utf8Length(entry.envelope);
+    // Bounded with the entries; a late copy of a forgotten push is dropped by the client (by envelope id).
+    rec.ids.delete(entry.envelopeId);
     if (rec.head === rec.entries.length) {
       rec.entries = [];
       rec.head = 0;

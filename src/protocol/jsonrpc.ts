@@ -6,6 +6,9 @@ export type JsonRpcId = string | number;
 /** The method that carries envelopes, and the one that carries acknowledgements. */
 export const METHOD_SEND = 'asap.send';
 export const METHOD_ACK = 'asap.ack';
+/** asap-wire.md §12: the client opens or resumes a session; the server answers `asap.session`. */
+export const METHOD_RESUME = 'asap.resume';
+export const METHOD_SESSION = 'asap.session';
 export const MAX_BATCH = 50;
 /**
  * Deepest JSON nesting a frame may have, the frame itself counting as level 1 (so an envelope's

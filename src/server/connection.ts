@@ -7,6 +7,7 @@ import type { Instrumentation } from '../core/instrumentation.js';
 import type { Logger } from '../core/logger.js';
 import { opaqueError } from '../core/opaque-error.js';
 import { Peer } from '../core/peer.js';
+import type { SessionEntry } from '../core/session-store.js';
 import type { Timer, Timers } from '../core/timers.js';
 import { TokenBucket } from '../core/token-bucket.js';
 import { createEnvelope, type Envelope } from '../protocol/envelope.js';
@@ -15,12 +16,14 @@ import {
   type ErrorFrame,
   encodeError,
   type Frame,
+  METHOD_RESUME,
   PING_FRAME,
   type SuccessFrame,
 } from '../protocol/jsonrpc.js';
 import type { MessageAck } from '../protocol/payloads.js';
 import type { Drain } from './drain.js';
 import type { PushTarget } from './push-adapter.js';
+import type { SessionBinding } from './sessions.js';
 
 /** Per-connection bounds (asap-wire.md §10). */
 export interface ConnectionLimits {
@@ -47,6 +50,8 @@ export interface ConnectionDeps {
   readonly instrumentation?: Instrumentation;
   /** The dispatcher: a frame in, its answer out. */
   dispatch(frame: Frame, session: Session): Answer;
+  /** Sessions (asap-wire.md §12); undefined: `asap.resume` is ignored. */
+  readonly sessions: SessionBinding | undefined;
   /** The connection now speaks as `urn` (index it for push). */
   identify(connection: Connection, urn: string): void;
   closed(connection: Connection, code: number, reason: string): void;
@@ -128,6 +133,9 @@ export class Connection implements Session, PushTarget {
   private _peer: Peer | undefined;
   private readonly limits: ConnectionLimits;
   private expiry: Timer | undefined;
+  /** The session this connection holds (asap-wire.md §12), once the client asked for one. */
+  sessionId: string | undefined;
+  private unsubscribeSession: (() => void) | undefined;
 
   constructor(
     readonly socket: WebSocket,
@@ -219,6 +227,10 @@ export class Connection implements Session, PushTarget {
 
   /** What the peer hands on (requests, envelopes, batches): run now, or wait in order for a free slot. */
   private admit(frame: Frame): void {
+    if (frame.kind === 'notification' && frame.method === METHOD_RESUME) {
+      void this.deps.sessions?.resume(this, frame.params);
+      return;
+    }
     if (this.inFlight >= this.limits.maxInFlight) {
       // Over the cap: wait in order for a free slot (nothing is dropped or refused).
       this.backlog ??= [];
@@ -413,7 +425,38 @@ export class Connection implements Session, PushTarget {
    */
   push(envelope: Envelope<object>): Promise<void> {
     if (!this.isOpen) return Promise.reject(new ConnectionError('Connection is closed'));
-    return this.peer.send(this.peer.withAck(envelope));
+    const env = this.peer.withAck(envelope);
+    // With a session, the push is kept in it first; the session's subscription writes it (with its seq).
+    if (this.sessionId !== undefined) return this.deps.sessions!.push(this.sessionId, env);
+    return this.peer.send(env);
+  }
+
+  /** @internal Writes one push kept in this connection's session, with its seq (§12). */
+  deliver(entry: SessionEntry): void {
+    const envelope = JSON.parse(entry.envelope) as Envelope<object>;
+    this.peer.send(envelope, entry.seq).catch((err: unknown) => {
+      this.deps.logger.debug(
+        { conn: this.id, seq: entry.seq, err: (err as Error).message },
+        'session push not delivered',
+      );
+    });
+  }
+
+  /** @internal */
+  adopt(urns: readonly string[]): void {
+    for (const urn of urns) {
+      if (this.agentUrn === undefined) this.agentUrn = urn;
+      if (this.urns.includes(urn)) continue;
+      this.urns.push(urn);
+      this.deps.identify(this, urn);
+    }
+  }
+
+  /** @internal */
+  bindSession(sessionId: string, unsubscribe: () => void): void {
+    this.unsubscribeSession?.();
+    this.sessionId = sessionId;
+    this.unsubscribeSession = unsubscribe;
   }
 
   /**
@@ -476,6 +519,10 @@ export class Connection implements Session, PushTarget {
     this.decongest();
     this.expiry?.cancel();
     this._peer?.close(new ConnectionError(`Connection closed (${code}${reason ? ` ${reason}` : ''})`));
+    if (this.sessionId !== undefined) {
+      this.unsubscribeSession?.();
+      this.deps.sessions?.closed(this, this.sessionId);
+    }
     this.deps.closed(this, code, reason);
   }
 }

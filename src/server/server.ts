@@ -18,7 +18,9 @@ import { HttpBinding } from './http-binding.js';
 import { buildManifest, type ManifestInit } from './manifest.js';
 import { OriginPolicy } from './origin.js';
 import { LocalPushAdapter, type PushAdapter } from './push-adapter.js';
+import { SessionBinding } from './sessions.js';
 import { StaticFiles } from './static.js';
+import { memoryStore, type ServerStore } from './store.js';
 import { WebSocketBinding } from './ws-binding.js';
 
 export interface ASAPServerOptions {
@@ -32,7 +34,18 @@ export interface ASAPServerOptions {
   verifyToken?: TokenVerifier;
   /** The most general check (token and request → principal with URNs and expiry); wins over the two above. */
   authenticate?: Authenticator;
-  /** Where pushes to an agent URN go (default: this process's connections). */
+  /**
+   * What the server remembers beyond one connection (dedupe outcomes, nonces, sessions, push
+   * routing, counters): in this process by default, or shared (Redis) so that several
+   * processes act as one agent. `dedupe`, `replay.nonces` and `pushAdapter` override its parts.
+   */
+  store?: ServerStore;
+  /**
+   * How long a session outlives its connection (asap-wire.md §12; default 2 min): pushes to it
+   * are kept that long for a resume. Give the same window to a store you build yourself.
+   */
+  sessionWindowMs?: number;
+  /** Where pushes to an agent URN go (default: the store's, i.e. this process's connections). */
   pushAdapter?: PushAdapter;
   /** Hooks that metrics and tracing subscribe to. */
   instrumentation?: Instrumentation;
@@ -146,6 +159,9 @@ export class ASAPServer {
   private readonly requestTimeoutMs: number;
   private readonly authenticates: boolean;
   private readonly pushes: PushAdapter;
+  private readonly sessions: SessionBinding;
+  /** @internal */
+  readonly store: ServerStore;
   private readonly http: HttpBinding;
   private readonly files: StaticFiles | undefined;
   private readonly ws: WebSocketBinding | undefined;
@@ -183,13 +199,24 @@ export class ASAPServer {
       boundAddress: () => this.server?.address(),
     });
     this.drain = new Drain(opts.drainTimeoutMs ?? 10_000, this.timers);
-    this.pushes = opts.pushAdapter ?? new LocalPushAdapter();
+    const sessionWindowMs = opts.sessionWindowMs ?? 120_000;
+    this.store =
+      opts.store ??
+      memoryStore({ clock: this.timers, logger: this.logger, disconnectWindowMs: sessionWindowMs });
+    this.pushes = opts.pushAdapter ?? this.store.pushAdapter(new LocalPushAdapter());
+    this.sessions = new SessionBinding(
+      this.store.sessions,
+      this.pushes,
+      this.timers,
+      this.logger,
+      sessionWindowMs,
+    );
     this.dispatcher = new Dispatcher({
       registry: this.registry,
       logger: this.logger,
       manifest: () => this.manifest(),
-      replay: opts.replay,
-      dedupe: opts.dedupe,
+      replay: opts.replay === false ? false : { nonces: this.store.nonces, ...opts.replay },
+      dedupe: opts.dedupe ?? this.store.dedupe,
       defaultTimeoutMs: opts.defaultTimeoutMs,
       deadlineResolutionMs: opts.deadlineResolutionMs,
       processedAcks: opts.processedAcks,
@@ -248,6 +275,7 @@ export class ASAPServer {
           pushForm: opts.pushForm ?? 'notification',
           ack: opts.ack,
           instrumentation,
+          sessions: this.sessions,
           dispatch: (frame, session) => this.dispatcher.handle(frame, session),
         },
       });
@@ -387,7 +415,7 @@ export class ASAPServer {
   }
 
   health(): { status: number; body: Health } {
-    const healthy = !this.drain.draining && !this.unhealthy;
+    const healthy = !this.drain.draining && !this.unhealthy && this.store.available;
     return {
       status: healthy ? 200 : 503,
       body: {
@@ -445,6 +473,7 @@ export class ASAPServer {
     // Answers of requests cut off at the deadline are written in the next turns; let them out before the close frames.
     await new Promise((resolve) => setImmediate(resolve));
     await this.ws?.closeAll();
+    this.sessions.close();
     const server = this.server;
     if (server !== undefined) {
       server.off('request', this.listeners.request);

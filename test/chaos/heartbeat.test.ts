@@ -111,7 +111,9 @@ describe('heartbeat', () => {
   it('answers a ping spelled differently ({ "type": "ping" } with spaces) too', async () => {
     const pongs: string[] = [];
     const server = await PlainServer.start(undefined, (socket) => {
-      socket.on('message', (data) => pongs.push(data.toString()));
+      socket.on('message', (data) => {
+        if (!data.toString().includes('asap.resume')) pongs.push(data.toString());
+      });
       socket.send('{ "type": "ping" }');
     });
     const transport = makeTransport(server.url, { heartbeatIntervalMs: 0 });

@@ -172,6 +172,8 @@ export class PlainServer {
   readonly received: Received[] = [];
   readonly sockets: WebSocket[] = [];
   connections = 0;
+  /** `asap.resume` notifications received (ignored, as a server without sessions does). */
+  resumes = 0;
 
   private constructor(
     private readonly wss: WebSocketServer,
@@ -208,6 +210,11 @@ export class PlainServer {
         }
         if (msg.type === 'ping') {
           socket.send('{"type":"pong"}');
+          return;
+        }
+        // A server without sessions (as the reference) ignores the client's asap.resume (§12).
+        if (msg.method === 'asap.resume') {
+          server.resumes += 1;
           return;
         }
         const r: Received = { at: Date.now(), socket, msg };

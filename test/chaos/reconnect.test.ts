@@ -218,6 +218,8 @@ describe('reconnect backoff', () => {
     transport.on('reconnecting', ({ delayMs }) => delays.push(delayMs));
 
     await within(first.close(), 5000, 'server close');
+    // The client hears of the close once its side of the close handshake is done.
+    await waitFor(() => closes.length === 1, 'the close at the client');
     expect(closes[0]).toEqual({ code: 1001, reason: 'Server shutting down' });
     // Nothing listens now: attempts are refused and the delays grow up to the cap.
     await waitFor(() => delays.length >= 5, 'attempts against the closed port');

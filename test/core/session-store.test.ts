@@ -12,7 +12,7 @@ function seqs(r: SessionReplay): number[] | 'expired' {
 
 function pushes(store: MemorySessionStore, sessionId: string, n: number, body = (i: number) => `{"n":${i}}`) {
   const out: (number | undefined)[] = [];
-  for (let i = 0; i < n; i++) out.push(store.append(sessionId, body(i), `env-${i}`));
+  for (let i = 0; i < n; i++) out.push(store.append(sessionId, body(i), `env-${i}`)?.seq);
   return out;
 }
 
@@ -31,7 +31,7 @@ describe('MemorySessionStore', () => {
     const s = store.open('alice').sessionId;
     const other = store.open('alice').sessionId;
     expect(pushes(store, s, 3)).toEqual([1, 2, 3]);
-    expect(store.append(other, '{}', 'o-1')).toBe(1);
+    expect(store.append(other, '{}', 'o-1')?.seq).toBe(1);
     const all = store.since(s, 0);
     expect(all).toEqual({
       expired: false,
@@ -43,7 +43,7 @@ describe('MemorySessionStore', () => {
     });
     expect(seqs(store.since(s, 1))).toEqual([2, 3]);
     expect(seqs(store.since(s, 3))).toEqual([]);
-    expect(store.append(s, '{}', 'env-3')).toBe(4);
+    expect(store.append(s, '{}', 'env-3')?.seq).toBe(4);
     expect(seqs(store.since(s, 3))).toEqual([4]);
   });
 
@@ -56,7 +56,7 @@ describe('MemorySessionStore', () => {
     expect(seqs(store.since(s, 2))).toEqual([3, 4]);
     expect(seqs(store.since(s, 4))).toEqual([]);
     expect(seqs(store.since(s, 3))).toBe('expired');
-    expect(store.append(s, '{}', 'env-4')).toBe(5);
+    expect(store.append(s, '{}', 'env-4')?.seq).toBe(5);
     expect(seqs(store.since(s, 4))).toEqual([5]);
   });
 
@@ -94,25 +94,25 @@ describe('MemorySessionStore', () => {
   it('keeps at most maxBytesPerSession of pushes, counted in UTF-8', () => {
     const store = new MemorySessionStore({ clock: new ManualClock(0), maxBytesPerSession: 8 });
     const s = store.open('alice').sessionId;
-    expect(store.append(s, '😀', 'a')).toBe(1); // a surrogate pair: 4 bytes
-    expect(store.append(s, '€a', 'b')).toBe(2); // 3 + 1 bytes
+    expect(store.append(s, '😀', 'a')?.seq).toBe(1); // a surrogate pair: 4 bytes
+    expect(store.append(s, '€a', 'b')?.seq).toBe(2); // 3 + 1 bytes
     expect(seqs(store.since(s, 0))).toEqual([1, 2]); // 8 bytes: exactly the budget
-    expect(store.append(s, 'é', 'c')).toBe(3); // 2 more bytes: the oldest goes
+    expect(store.append(s, 'é', 'c')?.seq).toBe(3); // 2 more bytes: the oldest goes
     expect(seqs(store.since(s, 1))).toEqual([2, 3]);
-    expect(store.append(s, 'a\ud800', 'd')).toBe(4); // a lone surrogate is 3 bytes (U+FFFD): 4 + 2 + 4 > 8
+    expect(store.append(s, 'a\ud800', 'd')?.seq).toBe(4); // a lone surrogate is 3 bytes (U+FFFD): 4 + 2 + 4 > 8
     expect(seqs(store.since(s, 2))).toEqual([3, 4]);
-    expect(store.append(s, 'xx', 'e')).toBe(5); // 2 + 4 + 2 = 8: fits
+    expect(store.append(s, 'xx', 'e')?.seq).toBe(5); // 2 + 4 + 2 = 8: fits
     expect(seqs(store.since(s, 2))).toEqual([3, 4, 5]);
   });
 
   it('drops a push bigger than the whole budget: a resume from before it is expired', () => {
     const store = new MemorySessionStore({ clock: new ManualClock(0), maxBytesPerSession: 10 });
     const s = store.open('alice').sessionId;
-    expect(store.append(s, 'small', 'a')).toBe(1);
-    expect(store.append(s, 'x'.repeat(11), 'big')).toBe(2);
+    expect(store.append(s, 'small', 'a')?.seq).toBe(1);
+    expect(store.append(s, 'x'.repeat(11), 'big')?.seq).toBe(2);
     expect(seqs(store.since(s, 1))).toBe('expired');
     expect(seqs(store.since(s, 2))).toEqual([]);
-    expect(store.append(s, 'next', 'c')).toBe(3);
+    expect(store.append(s, 'next', 'c')?.seq).toBe(3);
     expect(seqs(store.since(s, 2))).toEqual([3]);
   });
 
@@ -123,12 +123,12 @@ describe('MemorySessionStore', () => {
     pushes(store, s, 1);
     store.detach(s);
     clock.advance(WINDOW - 1);
-    expect(store.append(s, '{"while":"away"}', 'away')).toBe(2);
+    expect(store.append(s, '{"while":"away"}', 'away')?.seq).toBe(2);
     expect(store.attach(s, 'alice')).toBe(true);
     expect(seqs(store.since(s, 1))).toEqual([2]);
     // Attached again: the window no longer runs.
     clock.advance(10 * WINDOW);
-    expect(store.append(s, '{}', 'later')).toBe(3);
+    expect(store.append(s, '{}', 'later')?.seq).toBe(3);
   });
 
   it('expires a session the disconnect window after its last connection went', () => {
@@ -152,7 +152,7 @@ describe('MemorySessionStore', () => {
     expect(store.attach(s, 'alice')).toBe(true); // a new connection resumed before the old one closed
     store.detach(s); // the old connection finally goes
     clock.advance(5000);
-    expect(store.append(s, '{}', 'a')).toBe(1);
+    expect(store.append(s, '{}', 'a')?.seq).toBe(1);
     store.detach(s); // the new one goes: the window starts
     clock.advance(999);
     // An unmatched detach does not restart (extend) the window.
@@ -234,10 +234,29 @@ describe('MemorySessionStore', () => {
   it('works on the system clock with the defaults, through the SessionStore interface', async () => {
     const store: SessionStore = new MemorySessionStore();
     const { sessionId } = await store.open('alice');
-    expect(await store.append(sessionId, '{"a":1}', 'id-1')).toBe(1);
+    expect((await store.append(sessionId, '{"a":1}', 'id-1'))?.seq).toBe(1);
     await store.detach(sessionId);
     expect(await store.attach(sessionId, 'alice')).toBe(true);
     expect(seqs(await store.since(sessionId, 0))).toEqual([1]);
     await store.close(sessionId);
+  });
+});
+
+describe('MemorySessionStore: one push, many paths', () => {
+  it('append is idempotent by envelope id, and only fresh entries reach subscribers', () => {
+    const store = new MemorySessionStore({ clock: new ManualClock(0), maxEntriesPerSession: 2 });
+    const { sessionId } = store.open('alice');
+    const heard: number[] = [];
+    const stop = store.subscribe(sessionId, (e) => heard.push(e.seq));
+    expect(store.append(sessionId, '{"a":1}', 'push-1')).toEqual({ seq: 1, fresh: true });
+    expect(store.append(sessionId, '{"a":1}', 'push-1')).toEqual({ seq: 1, fresh: false });
+    expect(store.append(sessionId, '{"b":2}', 'push-2')).toEqual({ seq: 2, fresh: true });
+    expect(heard).toEqual([1, 2]);
+    stop();
+    // push-1 is trimmed by the bound: its id is forgotten with it.
+    expect(store.append(sessionId, '{}', 'push-3')).toEqual({ seq: 3, fresh: true });
+    expect(store.append(sessionId, '{"a":1}', 'push-1')).toEqual({ seq: 4, fresh: true });
+    expect(heard).toEqual([1, 2]);
+    expect(store.subscribe('unknown', () => heard.push(-1))).toBeTypeOf('function');
   });
 });
