@@ -57,6 +57,7 @@ interface ServeOptions {
   static?: string;
   allowOrigin: string[];
   maxConnections: number;
+  redis?: string;
 }
 
 /** The browser bundle (scripts/build-browser.mjs) from dist/cli/ after a build, or from src/cli/ under tsx. */
@@ -74,7 +75,19 @@ export function staticOptions(dir: string): { staticDir: string; staticFiles: Re
 
 async function serve(o: ServeOptions): Promise<number> {
   const logger = createLogger(o.logLevel);
+  // Redis only when asked: its client is loaded then, not by every `asap` command.
+  let store: Awaited<ReturnType<typeof import('../redis/store.js')['redisStore']>> | undefined;
+  if (o.redis !== undefined) {
+    const { redisStore } = await import('../redis/store.js');
+    try {
+      store = await redisStore(o.redis, { logger });
+    } catch (err) {
+      process.stderr.write(`asap serve: cannot use Redis at ${o.redis}: ${(err as Error).message}\n`);
+      return 1;
+    }
+  }
   const server = createDemoAgent({
+    store,
     agentId: o.agentId,
     logger,
     token: o.token,
@@ -107,7 +120,10 @@ async function serve(o: ServeOptions): Promise<number> {
       logger.info({ signal }, 'shutting down');
       process.off('SIGTERM', onTerm);
       process.off('SIGINT', onInt);
-      void server.close().then(resolve);
+      void server
+        .close()
+        .then(() => store?.close())
+        .then(resolve);
     };
     const onTerm = () => stop('SIGTERM');
     const onInt = () => stop('SIGINT');
@@ -265,6 +281,10 @@ export async function run(argv: string[]): Promise<number | undefined> {
       'open WebSocket connections; past it new ones close with 1013',
       int('--max-connections', 1),
       10_000,
+    )
+    .option(
+      '--redis <url>',
+      'keep dedupe outcomes, nonces, sessions, push routing and counters in Redis (several processes act as one agent)',
     )
     .action(async (o: ServeOptions) => {
       code = await serve(o);

@@ -4,6 +4,7 @@ import { ASAPError } from '../protocol/errors.js';
 import { type TaskRequest, type TaskStream, type TaskUpdate, URN_PATTERN } from '../protocol/payloads.js';
 import type { JsonObject } from '../protocol/schema-util.js';
 import { ASAPServer, type ASAPServerOptions } from '../server/server.js';
+import type { ServerStore } from '../server/store.js';
 
 type Ctx = HandlerContext<TaskRequest>;
 
@@ -61,7 +62,15 @@ export const MAX_PUSH_COUNT = 1_000_000;
 /** Pushes awaiting their ack at once in `push` with `requires_ack`: bounds the ack tracker per task. */
 const ACK_WINDOW = 64;
 
-const counters = new Map<string, number>();
+/** `count`: a counter in the server's store (this process's memory, or Redis shared by every node: INCR). */
+function countIn(store: Pick<ServerStore, 'increment'>) {
+  return async (env: Envelope<TaskRequest>) => {
+    const key = env.payload.input.key;
+    const k = typeof key === 'string' ? key : String(key ?? 'default');
+    const c = await store.increment(`demo:count:${k}`);
+    return { task_id: env.id, status: 'completed', result: { key: k, count: c } };
+  };
+}
 
 /** The demo agent's skills (../shared/spec/demo-agent.md). */
 export const demoSkills = {
@@ -162,15 +171,9 @@ export const demoSkills = {
     const message = env.payload.input.message;
     throw new Error(typeof message === 'string' && message !== '' ? message : 'Task failed');
   },
-
-  count: (env: Envelope<TaskRequest>) => {
-    const key = env.payload.input.key;
-    const k = typeof key === 'string' ? key : String(key ?? 'default');
-    const c = (counters.get(k) ?? 0) + 1;
-    counters.set(k, c);
-    return { task_id: env.id, status: 'completed', result: { key: k, count: c } };
-  },
 };
+
+const COUNT_DESCRIPTION = 'Counts calls per input.key: shows whether a retransmission ran twice';
 
 const descriptions: Record<keyof typeof demoSkills, string> = {
   echo: 'Returns its input as result.echo',
@@ -178,7 +181,6 @@ const descriptions: Record<keyof typeof demoSkills, string> = {
   stream: 'Streams input.chunks TaskStream chunks, input.interval_ms apart',
   push: 'Pushes input.count TaskUpdate envelopes to the caller (or to every connection of input.to), then completes',
   fail: 'Throws input.message (the caller gets -32603)',
-  count: 'Counts calls per input.key: shows whether a retransmission ran twice',
 };
 
 /** A server with the demo agent's six skills registered. */
@@ -200,5 +202,6 @@ export function createDemoAgent(
       description: descriptions[id as keyof typeof demoSkills],
     });
   }
+  server.skill('count', countIn(server.store), { description: COUNT_DESCRIPTION });
   return server;
 }

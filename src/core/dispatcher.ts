@@ -42,7 +42,7 @@ import {
 } from './instrumentation.js';
 import { debugEnabled, type Logger, silentLogger } from './logger.js';
 import type { NonceStore } from './nonce-store.js';
-import { opaqueError } from './opaque-error.js';
+import { engineError } from './opaque-error.js';
 import type { Handler, HandlerRegistry, TransportKind } from './registry.js';
 import { ReplayGuard, type ReplayOptions } from './replay.js';
 import { isPromiseLike, replyTypeFor, TaskRuntime } from './tasks.js';
@@ -346,7 +346,7 @@ export class Dispatcher {
           ? this.accept(env, type, key, id, session, collect)
           : this.refuse(env, key, id, session, e, replayReason(e)),
       (err: unknown) => {
-        const e = opaqueError(this.logger, err, { envelope_id: env.id, payload_type: env.payload_type });
+        const e = engineError(this.logger, err, { envelope_id: env.id, payload_type: env.payload_type });
         return this.refuse(env, key, id, session, e, 'internal');
       },
     );

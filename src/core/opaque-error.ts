@@ -53,3 +53,17 @@ export function handlerError(logger: Logger, err: unknown, expose: boolean, cont
   logger.error({ ...context, err: message }, 'handler failed');
   return ASAPError.internal(message);
 }
+
+/**
+ * @internal
+ * What a peer gets when the engine itself fails around a request (a store, a codec): a wire
+ * error the failing part chose on purpose (e.g. a shared store that is unreachable answers
+ * -32040 with `retry_after_ms`, recoverable) as it is; anything else opaque.
+ */
+export function engineError(logger: Logger, cause: unknown, context: object = {}): ASAPError {
+  if (cause instanceof ASAPError && !cause.local) {
+    logger.warn({ ...context, code: cause.code, err: cause.message }, 'request refused');
+    return cause;
+  }
+  return opaqueError(logger, cause, context);
+}

@@ -5,7 +5,7 @@ import { type Answer, isPromiseLike, type Session } from '../core/dispatcher.js'
 import { boundAgents, principalId } from '../core/identity.js';
 import type { Instrumentation } from '../core/instrumentation.js';
 import type { Logger } from '../core/logger.js';
-import { opaqueError } from '../core/opaque-error.js';
+import { engineError } from '../core/opaque-error.js';
 import { Peer } from '../core/peer.js';
 import type { SessionEntry } from '../core/session-store.js';
 import type { Timer, Timers } from '../core/timers.js';
@@ -278,7 +278,7 @@ export class Connection implements Session, PushTarget {
 
   private dispatchFailed(frame: Frame, err: unknown): void {
     // (e.g. a shared dedupe store failed) A request must still get an answer, and never the cause.
-    const e = opaqueError(this.deps.logger, err, { conn: this.id });
+    const e = engineError(this.deps.logger, err, { conn: this.id });
     if (frame.kind === 'request') void this.write(encodeError(frame.id, e));
   }
 

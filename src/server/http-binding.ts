@@ -3,7 +3,7 @@ import type { Dispatcher, Session } from '../core/dispatcher.js';
 import { boundAgents, principalId } from '../core/identity.js';
 import type { Instrumentation } from '../core/instrumentation.js';
 import type { Logger } from '../core/logger.js';
-import { opaqueError } from '../core/opaque-error.js';
+import { engineError } from '../core/opaque-error.js';
 import { ASAPError, ErrorCode } from '../protocol/errors.js';
 import { decodeFrame, encodeError } from '../protocol/jsonrpc.js';
 import { type AuthCheck, bearerFromHeader } from './auth.js';
@@ -192,7 +192,7 @@ export class HttpBinding {
         sendJson(res, 200, answer);
       }
     } catch (err) {
-      const e = opaqueError(h.logger, err, { route: h.rpcPath });
+      const e = engineError(h.logger, err, { route: h.rpcPath });
       if (!res.headersSent) sendJson(res, 500, encodeError(null, e));
     } finally {
       done();

@@ -7,9 +7,11 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { Instrumentation } from '../../src/core/instrumentation.js';
 import { ManualTimers } from '../../src/core/timers.js';
 import type { Envelope } from '../../src/protocol/envelope.js';
+import { ASAPError } from '../../src/protocol/errors.js';
 import type { AuthRequest } from '../../src/server/auth.js';
 import { Drain } from '../../src/server/drain.js';
 import { LocalPushAdapter, type PushAdapter, type PushTarget } from '../../src/server/push-adapter.js';
+import { memoryStore, type ServerStore } from '../../src/server/store.js';
 import { CLIENT_URN, cleanup, connect, type Json, open, startDemo, task, waitFor } from './ws-helpers.js';
 
 afterEach(cleanup);
@@ -292,5 +294,64 @@ describe('Connection: answers and acks inside a batch', () => {
     await waitFor(() => !conn.isOpen, 'the connection to close');
     await expect(conn.push(task('echo'))).rejects.toThrow('Connection is closed');
     expect(conn.send('{}')).toBe('closed');
+  });
+});
+
+describe('ServerStore', () => {
+  it('a store that is unavailable turns health 503 and its -32040 reaches callers on both bindings', async () => {
+    const base = memoryStore();
+    let down = false;
+    const unavailable = () =>
+      ASAPError.resourceExhausted('Shared state unavailable; retry later', { retry_after_ms: 1000 });
+    const store: ServerStore = {
+      ...base,
+      get available() {
+        return !down;
+      },
+      dedupe: {
+        claim: (key, fp) => {
+          if (down) throw unavailable();
+          return base.dedupe.claim(key, fp);
+        },
+        complete: (key, outcome) => base.dedupe.complete(key, outcome),
+        release: (key) => base.dedupe.release(key),
+      },
+    };
+    const { url, wsUrl } = await startDemo({ store });
+    const health = async () => (await fetch(`${url}/.well-known/asap/health`)).status;
+    expect(await health()).toBe(200);
+    down = true;
+    expect(await health()).toBe(503);
+    const http = (await (
+      await fetch(`${url}/asap`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          jsonrpc: '2.0',
+          method: 'asap.send',
+          params: { envelope: task('echo') },
+          id: 1,
+        }),
+      })
+    ).json()) as Json;
+    expect(http.error).toEqual({
+      code: -32040,
+      message: 'Shared state unavailable; retry later',
+      data: { retry_after_ms: 1000 },
+    });
+    const peer = await connect(wsUrl);
+    expect((await peer.call(task('echo'))).error).toMatchObject({
+      code: -32040,
+      data: { retry_after_ms: 1000 },
+    });
+    // Any other failure of the store stays opaque.
+    store.dedupe.claim = () => {
+      throw new Error('secret store detail');
+    };
+    const opaque = (await peer.call(task('echo'))).error;
+    expect(opaque).toMatchObject({ code: -32603, message: 'Internal error' });
+    expect(JSON.stringify(opaque)).not.toContain('secret');
+    down = false;
+    expect(await health()).toBe(200);
   });
 });
