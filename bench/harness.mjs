@@ -3,7 +3,8 @@
 // same `ws` build (WS_NO_BUFFER_UTIL / WS_NO_UTF_8_VALIDATE: no native add-on anywhere), and the
 // server's CPU time read from /proc/<pid>/stat at the start and the end of the measuring window.
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -244,23 +245,40 @@ function spawnPinned(script, cfg) {
 /**
  * Runs one load generator against `server` on the client core and measures the server over the
  * client's window: CPU time from /proc/<pid>/stat (primary) and from process.cpuUsage() via the
- * probe (cross-check).
+ * probe (cross-check). `companion` ({pid, start(), end()}): a process the server depends on
+ * (redis-server), whose CPU time is read at the same two moments; its async `start()` / `end()`
+ * take snapshots (e.g. Redis INFO) at the window's edges, and the load runs on until `end()` is done.
  */
-export async function runLoad(script, cfg, server) {
+export async function runLoad(script, cfg, server, { companion } = {}) {
   const child = spawnPinned(script, cfg);
   let start;
   let end;
   let result;
   const probeCpu = [];
+  /** The companion's snapshots at the window's edges (its `start()` / `end()`). */
+  const companionAt = [];
   child.on('message', (msg) => {
     if (msg?.type === 'start') {
       start = { cpuUs: procCpuUs(server.pid), coresUs: coresBusyUs(), at: performance.now(), hr: hrUs() };
+      if (companion !== undefined) {
+        start.companionCpuUs = procCpuUs(companion.pid);
+        companionAt[0] = companion.start().catch((err) => ({ failed: err.message }));
+      }
       probeCpu[0] = server.ask({ type: 'cpu' }).catch(() => null);
     } else if (msg?.type === 'end') {
       end = { cpuUs: procCpuUs(server.pid), coresUs: coresBusyUs(), at: performance.now(), hr: hrUs() };
       probeCpu[1] = server.ask({ type: 'cpu' }).catch(() => null);
       result = msg.result;
-      child.send({ type: 'stop' });
+      if (companion === undefined) {
+        child.send({ type: 'stop' });
+        return;
+      }
+      end.companionCpuUs = procCpuUs(companion.pid);
+      // The load runs on until the companion's end snapshot is taken.
+      companionAt[1] = companion.end().catch((err) => ({ failed: err.message }));
+      companionAt[1].then(() => {
+        if (child.connected) child.send({ type: 'stop' });
+      });
     }
   });
   const code = await new Promise((resolve) => child.once('exit', (c, s) => resolve(c ?? s)));
@@ -269,10 +287,22 @@ export async function runLoad(script, cfg, server) {
   const serverCpuUs = end.cpuUs - start.cpuUs;
   const wallMs = end.at - start.at;
   const cores = pinning.ok ? 2 : os.availableParallelism();
+  const companionCpuUs = companion === undefined ? 0 : end.companionCpuUs - start.companionCpuUs;
   // What else ran on the two cores meanwhile (other processes, and interrupts not charged to ours).
-  const otherUs = end.coresUs - start.coresUs - serverCpuUs - result.clientCpuUs;
+  const otherUs = end.coresUs - start.coresUs - serverCpuUs - companionCpuUs - result.clientCpuUs;
   return {
     ...result,
+    ...(companion === undefined
+      ? {}
+      : {
+          companion: {
+            cpuUs: companionCpuUs,
+            cpuPerOpUs: companionCpuUs / result.count,
+            cpuPct: (companionCpuUs / (wallMs * 1000)) * 100,
+            start: await companionAt[0],
+            end: await companionAt[1],
+          },
+        }),
     serverCpuUs,
     serverCpuPerOpUs: serverCpuUs / result.count,
     serverCpuPct: (serverCpuUs / (wallMs * 1000)) * 100,
@@ -540,4 +570,262 @@ export function median(values) {
   if (v.length === 0) return null;
   const mid = Math.floor(v.length / 2);
   return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+// ---- Redis (rows 10 and 11: `asap serve --redis`) ----
+
+/** The `redis-server` binary (ASAP_REDIS_SERVER, Debian's, or on PATH), or null when there is none. */
+export function redisServerBinary() {
+  const fromEnv = process.env.ASAP_REDIS_SERVER;
+  if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
+  for (const p of ['/usr/bin/redis-server', '/usr/local/bin/redis-server']) if (existsSync(p)) return p;
+  const r = spawnSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' });
+  return r.status === 0 && r.stdout.trim() !== '' ? r.stdout.trim() : null;
+}
+
+/** `redis-server --version`, e.g. "Redis server v=7.0.15 …" (null when it does not run). */
+export function redisServerVersion(bin) {
+  const r = spawnSync(bin, ['--version'], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : null;
+}
+
+/** A port that was free a moment ago on 127.0.0.1 (redis-server has no `--port 0`). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** redis-server's arguments: no persistence, loopback only, its files in `dir`. */
+export function redisArgs(port, dir) {
+  return ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir];
+}
+
+/** How redis-server is started, for the report. */
+export function redisCommand(bin) {
+  const argv = redisArgs('PORT', 'TMPDIR').map((a) => (a === '' ? "''" : a));
+  return pinned(SERVER_CORE, [bin, ...argv]).join(' ');
+}
+
+/** RESP: an array of bulk strings. */
+function encodeCommand(args) {
+  let out = `*${args.length}\r\n`;
+  for (const a of args) out += `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`;
+  return out;
+}
+
+/** Parses one RESP reply from `buf` at `at`: [value, next offset], or null when incomplete. */
+function parseReply(buf, at) {
+  const eol = buf.indexOf('\r\n', at);
+  if (eol === -1) return null;
+  const type = String.fromCharCode(buf[at]);
+  const line = buf.toString('utf8', at + 1, eol);
+  switch (type) {
+    case '+':
+      return [line, eol + 2];
+    case '-':
+      return [new Error(line), eol + 2];
+    case ':':
+      return [Number(line), eol + 2];
+    case '$': {
+      const n = Number(line);
+      if (n < 0) return [null, eol + 2];
+      if (buf.length < eol + 2 + n + 2) return null;
+      return [buf.toString('utf8', eol + 2, eol + 2 + n), eol + 2 + n + 2];
+    }
+    case '*': {
+      const n = Number(line);
+      const items = [];
+      let next = eol + 2;
+      for (let i = 0; i < n; i++) {
+        const r = parseReply(buf, next);
+        if (r === null) return null;
+        items.push(r[0]);
+        next = r[1];
+      }
+      return [n < 0 ? null : items, next];
+    }
+    default:
+      throw new Error(`unexpected RESP reply type ${JSON.stringify(type)}`);
+  }
+}
+
+/** A minimal Redis connection for the orchestrator (INFO, FLUSHALL): commands answered in order. */
+function respConnect(port) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    let buf = Buffer.alloc(0);
+    const queue = [];
+    socket.on('data', (d) => {
+      buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
+      let at = 0;
+      for (;;) {
+        const r = parseReply(buf, at);
+        if (r === null) break;
+        at = r[1];
+        const w = queue.shift();
+        if (r[0] instanceof Error) w?.reject(r[0]);
+        else w?.resolve(r[0]);
+      }
+      buf = buf.subarray(at);
+    });
+    const fail = (err) => {
+      for (const w of queue.splice(0)) w.reject(err);
+    };
+    socket.on('close', () => fail(new Error('redis connection closed')));
+    socket.once('error', reject);
+    socket.once('connect', () => {
+      socket.off('error', reject);
+      socket.on('error', fail);
+      resolve({
+        command(...args) {
+          return new Promise((res, rej) => {
+            queue.push({ resolve: res, reject: rej });
+            socket.write(encodeCommand(args));
+          });
+        },
+        close() {
+          socket.destroy();
+        },
+      });
+    });
+  });
+}
+
+/** `INFO` text as { field: value } (numbers where numeric). */
+function parseInfo(text) {
+  const out = {};
+  for (const line of text.split('\r\n')) {
+    const i = line.indexOf(':');
+    if (i <= 0 || line.startsWith('#')) continue;
+    const v = line.slice(i + 1);
+    out[line.slice(0, i)] = /^-?\d+(\.\d+)?$/.test(v) ? Number(v) : v;
+  }
+  return out;
+}
+
+/** `INFO commandstats` as { command: calls }. */
+function parseCommandStats(text) {
+  const out = {};
+  for (const m of text.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) out[m[1]] = Number(m[2]);
+  return out;
+}
+
+/**
+ * Watches the commands Redis runs for `ms` (MONITOR on a connection of its own) and counts them,
+ * per command, as sent by a client or run inside a Lua script (`[db lua]`). MONITOR slows Redis
+ * down: call it outside measuring windows.
+ */
+function monitorSample(port, ms) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    const sent = {};
+    const inScript = {};
+    let lines = 0;
+    let rest = '';
+    let timer;
+    socket.setEncoding('utf8');
+    socket.once('error', reject);
+    socket.once('connect', () => {
+      socket.write('MONITOR\r\n');
+      timer = setTimeout(() => {
+        socket.destroy();
+        resolve({ ms, lines, sent, inScript });
+      }, ms);
+    });
+    socket.on('data', (d) => {
+      const parts = (rest + d).split('\r\n');
+      rest = parts.pop();
+      for (const line of parts) {
+        // +1733600000.123456 [0 127.0.0.1:40000] "evalsha" "…" …   or   … [0 lua] "SET" …
+        const m = /^\+\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]+)"/.exec(line);
+        if (m === null) continue;
+        const cmd = m[2].toLowerCase();
+        if (cmd === 'monitor') continue;
+        lines++;
+        const into = m[1] === 'lua' ? inScript : sent;
+        into[cmd] = (into[cmd] ?? 0) + 1;
+      }
+    });
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve({ ms, lines, sent, inScript });
+    });
+  });
+}
+
+/**
+ * Starts redis-server on a free port of 127.0.0.1, pinned to the server core (it shares that core
+ * with the server under test), no persistence, its working directory a fresh temp dir. Resolves
+ * once it accepts connections. `info()` reads INFO stats and commandstats; `monitor(ms)` samples
+ * the commands it runs; `flush()` empties it.
+ */
+export async function startRedis(bin) {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const dir = mkdtempSync(join(os.tmpdir(), 'asap-bench-redis-'));
+    const argv = pinned(SERVER_CORE, [bin, ...redisArgs(port, dir)]);
+    const child = spawn(argv[0], argv.slice(1), { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    track(child);
+    let out = '';
+    const ready = await new Promise((resolve) => {
+      const onData = (d) => {
+        out += d;
+        if (/Ready to accept connections/.test(out)) resolve(true);
+      };
+      child.stdout.setEncoding('utf8').on('data', onData);
+      child.stderr.setEncoding('utf8').on('data', onData);
+      child.once('exit', () => resolve(false));
+      setTimeout(() => resolve(false), 10_000).unref();
+    });
+    if (!ready) {
+      child.kill('SIGKILL');
+      await waitExit(child, 2000);
+      rmSync(dir, { recursive: true, force: true });
+      // Someone took the port between our check and redis-server's bind: another one.
+      if (attempt < 3 && /in use/i.test(out)) continue;
+      throw new Error(`redis-server did not start: ${out.trim().split('\n').slice(-3).join(' | ')}`);
+    }
+    child.stdout.resume();
+    child.stderr.resume();
+    let stopping = false;
+    child.once('exit', (code, signal) => {
+      if (!stopping)
+        process.stderr.write(
+          `redis-server (pid ${child.pid}) exited unexpectedly: ${signal ?? `code ${code}`}\n`,
+        );
+    });
+    const conn = await respConnect(port);
+    return {
+      pid: child.pid,
+      port,
+      url: `redis://127.0.0.1:${port}`,
+      child,
+      /** INFO stats and commandstats, as numbers ({stats, calls}); two commands, sent together. */
+      async info() {
+        const [stats, cmds] = await Promise.all([
+          conn.command('INFO', 'stats'),
+          conn.command('INFO', 'commandstats'),
+        ]);
+        return { stats: parseInfo(stats), calls: parseCommandStats(cmds) };
+      },
+      monitor: (ms) => monitorSample(port, ms),
+      flush: () => conn.command('FLUSHALL'),
+      async stop() {
+        stopping = true;
+        conn.close();
+        child.kill('SIGTERM');
+        if (!(await waitExit(child, 5000))) {
+          child.kill('SIGKILL');
+          await waitExit(child, 2000);
+        }
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  }
 }

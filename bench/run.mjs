@@ -4,6 +4,8 @@
 // bench/RESULTS.md (machine, commands, table). Raw per-run numbers go to bench/out/ (git-ignored).
 // `--only 8,9` runs those rows alone (ids as in the table; `4` is 4a and 4b): it prints the table and
 // keeps the raw numbers but leaves RESULTS.md alone, which always holds a whole run.
+// Rows 10 and 11 are rows 2 and 3 against `asap serve --redis`, with a redis-server of the bench's own
+// on the server core; they are skipped (with a note) when redis-server is not installed.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -23,10 +25,14 @@ import {
   openFileLimit,
   pinning,
   ROOT,
+  redisCommand,
+  redisServerBinary,
+  redisServerVersion,
   runLoad,
   SERVER_CORE,
   SERVERS,
   serverCommand,
+  startRedis,
   startServer,
   useDist,
 } from './harness.mjs';
@@ -40,6 +46,7 @@ const CFG = quick
       warmupMs: 1000,
       windowMs: 2000,
       repeats: 1,
+      redisRepeats: 1,
       idle: 1000,
       fairness: { chunks: 1_000_000, warmupMs: 1000, windowMs: 2000 },
       // Short: a quarter of the requests, and no wait for a 30 s grace (unless the CLI can shorten it).
@@ -47,12 +54,14 @@ const CFG = quick
     }
   : // Five short interleaved repeats rather than three long ones: on a shared VM the drift between
     // repeats is the main noise, and more repeats give a steadier median (about 8 minutes in all).
-    // Rows 8 and 9 run once, after the repeats (about 1.5 minutes more).
+    // Rows 8 and 9 run once, after the repeats (about 1.5 minutes more). Rows 10 and 11 (Redis) run
+    // in the first `redisRepeats` repeats only (about 1 minute more), to keep the whole run near 10 minutes.
     {
       mode: 'full',
       warmupMs: 1500,
       windowMs: 2500,
       repeats: 5,
+      redisRepeats: 3,
       idle: 5000,
       fairness: { chunks: 1_000_000, warmupMs: 1500, windowMs: 4000 },
       // The server's slow-consumer grace is 30 s from when its send buffer fills, early in the sending.
@@ -70,7 +79,7 @@ const only = (() => {
       .map((x) => x.trim())
       .filter(Boolean),
   );
-  const known = ['1', '2', '3', '4', '4a', '4b', '5', '6', '7', '8', '9'];
+  const known = ['1', '2', '3', '4', '4a', '4b', '5', '6', '7', '8', '9', '10', '11'];
   const unknown = [...ids].filter((x) => !known.includes(x));
   if (ids.size === 0 || unknown.length > 0) {
     process.stderr.write(`--only takes row ids among ${known.join(',')}; got ${value}\n`);
@@ -101,6 +110,17 @@ const ROWS = [
   { id: '7', name: 'stream of 10,000 chunks', load: { mode: 'stream', chunks: 10_000 }, unit: 'chunks/s' },
 ];
 
+/**
+ * Rows 10 and 11: rows 2 and 3 against `asap serve --redis` (dedupe outcomes, nonces, sessions and
+ * push routing in Redis), each next to its own baseline run, interleaved the same way.
+ */
+const REDIS_ROWS = [
+  { id: '10', name: '1 conn × 64 in flight, --redis', like: '2', load: ROWS[1].load },
+  { id: '11', name: '32 conns × 8 in flight, --redis', like: '3', load: ROWS[2].load },
+];
+/** The variants of the Redis rows (keys of VARIANTS), rotated per repeat like the others. */
+const REDIS_VARIANTS = ['base', 'redis'];
+
 /** Who serves and who loads. `stack` (our ASAPClient) does not run the HTTP row. */
 const VARIANTS = {
   base: {
@@ -110,7 +130,11 @@ const VARIANTS = {
   },
   ours: { label: 'asap serve ← raw client', client: 'load-client.mjs', server: () => 'asap' },
   stack: { label: 'asap serve ← ASAPClient', client: 'asap-client-load.mjs', server: () => 'asap' },
+  // Rows 10 and 11 only; its server (asap serve --redis) and redis-server are started by runRedisRows.
+  redis: { label: 'asap serve --redis ← raw client', client: 'load-client.mjs', server: () => 'asap-redis' },
 };
+/** MONITOR sample after each Redis window (outside it), to tell commands sent from commands run in scripts. */
+const MONITOR_MS = 100;
 
 const TARGETS = [
   { row: '2', variant: 'ours', metric: 'cpu', max: 1.25, what: 'server CPU/rt, row 2, raw client' },
@@ -119,6 +143,21 @@ const TARGETS = [
   { row: '4b', variant: 'ours', metric: 'cpu', max: 1.6, what: 'server CPU/rt with acks, row 4b' },
   { row: '2', variant: 'stack', metric: 'rate', min: 0.75, what: 'whole stack rt/s, row 2' },
   { row: '6', variant: 'ours', metric: 'rate', min: 0.5, what: 'HTTP requests/s, row 6' },
+  // The asap serve process alone; redis-server's CPU is reported next to it (and summed) in rows 10, 11.
+  {
+    row: '10',
+    variant: 'redis',
+    metric: 'cpu',
+    max: 1.8,
+    what: 'server CPU/rt with --redis (asap serve, without redis-server), row 10',
+  },
+  {
+    row: '11',
+    variant: 'redis',
+    metric: 'cpu',
+    max: 1.8,
+    what: 'server CPU/rt with --redis (asap serve, without redis-server), row 11',
+  },
 ];
 const MEMORY_TARGET_KIB = 10;
 /** Row 8: echo p99 on one connection while another reads a 1,000,000-chunk stream. */
@@ -134,6 +173,7 @@ const log = (msg) => process.stderr.write(`${msg}\n`);
 const fmtInt = (n) => (n == null ? 'n/a' : Math.round(n).toLocaleString('en-US'));
 const fmt1 = (n) => (n == null ? 'n/a' : n.toFixed(1));
 const fmt2 = (n) => (n == null ? 'n/a' : `${n.toFixed(2)}×`);
+const fmt2c = (n) => (n == null ? 'n/a' : n.toFixed(2));
 const mib = (b) => (b == null ? 'n/a' : (b / 2 ** 20).toFixed(1));
 /** A latency in µs as µs or ms; a censored one (an echo still unanswered when the window ended) as a timeout. */
 const fmtLat = (us, censored) => {
@@ -230,6 +270,77 @@ function treeHash(dir, hash = createHash('sha1')) {
   return hash;
 }
 
+/**
+ * What Redis did in one window of a Redis row, per round trip: its CPU time, the commands it ran
+ * (INFO stats `total_commands_processed`, which counts the commands a script runs as well as the
+ * script call, less our own INFO calls), per command (INFO commandstats), the socket reads it made
+ * (`total_reads_processed`: batches of pipelined commands) and the bytes in and out; and, from the
+ * MONITOR sample taken after the window, the share of commands sent by `asap serve` (the rest ran
+ * inside Lua scripts).
+ */
+function redisWindow(res) {
+  const c = res.companion;
+  const out = { cpuUs: c.cpuUs, cpuPerOpUs: c.cpuPerOpUs, cpuPct: c.cpuPct };
+  const { start, end } = c;
+  if (start?.failed !== undefined || end?.failed !== undefined) {
+    out.failed = start?.failed ?? end.failed;
+    return out;
+  }
+  const n = res.count;
+  const d = (k) => end.stats[k] - start.stats[k];
+  const delta = (cmd) => (end.calls[cmd] ?? 0) - (start.calls[cmd] ?? 0);
+  const own = delta('info');
+  out.commandsPerRt = (d('total_commands_processed') - own) / n;
+  out.readsPerRt = (d('total_reads_processed') - own) / n;
+  out.bytesInPerRt = d('total_net_input_bytes') / n;
+  out.bytesOutPerRt = d('total_net_output_bytes') / n;
+  out.errorRepliesPerRt = d('total_error_replies') / n;
+  const m = end.monitor;
+  out.monitorLines = m?.lines ?? 0;
+  /** Per command: calls per round trip, and the share of them sent by a client (not run by a script). */
+  out.perCommand = {};
+  for (const cmd of Object.keys(end.calls)) {
+    const k = delta(cmd);
+    if (cmd === 'info' || k <= 0) continue;
+    const sent = m?.sent[cmd] ?? 0;
+    const scripted = m?.inScript[cmd] ?? 0;
+    out.perCommand[cmd] = { perRt: k / n, sentShare: sent + scripted > 0 ? sent / (sent + scripted) : null };
+  }
+  // Sent per request: each command's calls per request times its sent share in the sample (a command
+  // the sample did not catch counts as unknown, left out of both parts).
+  const known = Object.values(out.perCommand).filter((x) => x.sentShare !== null);
+  out.sentPerRt = out.monitorLines > 0 ? known.reduce((t, x) => t + x.perRt * x.sentShare, 0) : null;
+  out.scriptedPerRt =
+    out.monitorLines > 0 ? known.reduce((t, x) => t + x.perRt * (1 - x.sentShare), 0) : null;
+  return out;
+}
+
+/** Row 10 / 11: the Redis commands of a request, sent and run inside scripts, in words. */
+function redisWork(a) {
+  const list = (pairs) =>
+    pairs.length === 0 ? 'none' : pairs.map(([cmd, k]) => `${cmd.toUpperCase()} ${fmt2c(k)}`).join(', ');
+  const sent = [];
+  const scripted = [];
+  const unseen = [];
+  for (const [cmd, x] of Object.entries(a.perCommand ?? {}).sort((p, q) => q[1].perRt - p[1].perRt)) {
+    if (x.perRt < 0.005) continue;
+    if (x.sentShare == null) {
+      unseen.push([cmd, x.perRt]);
+      continue;
+    }
+    if (x.sentShare * x.perRt >= 0.005) sent.push([cmd, x.perRt * x.sentShare]);
+    if ((1 - x.sentShare) * x.perRt >= 0.005) scripted.push([cmd, x.perRt * (1 - x.sentShare)]);
+  }
+  return (
+    `${fmt2c(a.commandsPerRt)} commands, ${fmt2c(a.sentPerRt)} of them sent by asap serve (${list(sent)}) and ` +
+    `${fmt2c(a.scriptedPerRt)} run inside its Lua scripts (${list(scripted)})` +
+    `${unseen.length > 0 ? `; not seen in the MONITOR sample: ${list(unseen)}` : ''}. ` +
+    `Redis read its sockets ${fmt2c(a.readsPerRt)} times per request (asap serve pipelines the commands of concurrent ` +
+    `requests); ${fmtInt(a.bytesInPerRt)} bytes to Redis and ${fmtInt(a.bytesOutPerRt)} back per request` +
+    `${a.errorRepliesPerRt >= 0.005 ? `; ${fmt2c(a.errorRepliesPerRt)} error replies per request` : ''}.`
+  );
+}
+
 /** The rotation of variant order for repeat r, so each variant takes each place in turn. */
 function order(keys, r) {
   const k = r % keys.length;
@@ -270,19 +381,100 @@ async function main() {
   const memory = { 'base-ws': [], asap: [] };
   const commands = new Map();
   const rows = ROWS.filter((row) => want(row.id));
-  const repeats = rows.length > 0 || want('5') ? CFG.repeats : 0;
+  // Rows 10 and 11 need a redis-server, and an `asap serve` that has --redis.
+  const redisWanted = REDIS_ROWS.filter((row) => want(row.id));
+  const redisBin = redisWanted.length > 0 ? redisServerBinary() : null;
+  let redisSkip = null;
+  if (redisWanted.length > 0) {
+    info.redis = redisBin === null ? null : redisServerVersion(redisBin);
+    if (info.redis == null)
+      redisSkip =
+        "redis-server is not installed (none in ASAP_REDIS_SERVER, /usr/bin, /usr/local/bin or on PATH; CI installs Debian's)";
+    else if (!/--redis\b/.test(sh(process.execPath, [join(ROOT, SERVERS.asap.script[0]), 'serve', '--help'])))
+      redisSkip = 'this build of `asap serve` has no --redis flag (npm run build)';
+  }
+  const redisRows = redisSkip === null ? redisWanted : [];
+  if (redisSkip !== null) {
+    const ids = redisWanted.map((row) => row.id).join(' and ');
+    notes.push(`Row${redisWanted.length > 1 ? 's' : ''} ${ids} (asap serve --redis) skipped: ${redisSkip}.`);
+    log(`rows ${ids} skipped: ${redisSkip}`);
+  }
+  const redisRepeats = redisRows.length > 0 ? Math.min(CFG.redisRepeats, CFG.repeats) : 0;
+  const repeats = Math.max(rows.length > 0 || want('5') ? CFG.repeats : 0, redisRepeats);
+
+  /**
+   * Rows 10 and 11 in repeat r: a fresh redis-server (on the server core, next to the server) and
+   * `asap serve --redis` on it, against the baseline ws server of this repeat, in rotating order.
+   * Redis is emptied before each window's load, its CPU time read at the window's edges, its INFO
+   * (commands, socket reads) too, and a short MONITOR sample taken right after the window.
+   */
+  async function runRedisRows(r, baseServer) {
+    const redis = await startRedis(redisBin);
+    let asapRedis;
+    /** This repeat's results, kept only once all of them are in (the ratios pair runs by repeat). */
+    const got = {};
+    try {
+      const args = ['--redis', redis.url];
+      asapRedis = await startServer('asap', { args });
+      commands.set('redis-server', redisCommand(redisBin));
+      commands.set(
+        `${SERVERS.asap.label} --redis`,
+        serverCommand('asap', [], ['--redis', 'redis://127.0.0.1:PORT']),
+      );
+      for (const row of redisRows) {
+        for (const v of order(REDIS_VARIANTS, r)) {
+          const variant = VARIANTS[v];
+          const server = v === 'redis' ? asapRedis : baseServer;
+          const cfg = { ...row.load, url: server.wsUrl, warmupMs: CFG.warmupMs, windowMs: CFG.windowMs };
+          let companion;
+          if (v === 'redis') {
+            await redis.flush(); // every window starts from an empty Redis (scripts stay loaded)
+            companion = {
+              pid: redis.pid,
+              start: () => redis.info(),
+              end: async () => ({ ...(await redis.info()), monitor: await redis.monitor(MONITOR_MS) }),
+            };
+          }
+          const res = await runLoad(variant.client, cfg, server, { companion });
+          if (res.companion !== undefined) res.redis = redisWindow(res);
+          got[row.id] ??= {};
+          got[row.id][v] = res;
+          const x = res.redis;
+          log(
+            `row ${row.id.padEnd(2)} ${variant.label.padEnd(24)} ${fmtInt(res.perSecond).padStart(8)}/s  ` +
+              `srv ${fmt1(res.serverCpuPerOpUs).padStart(6)} µs/op ${fmt1(res.serverCpuPct).padStart(5)}% ` +
+              `${x ? `redis ${fmt1(x.cpuPerOpUs)} µs/op ${fmt1(x.cpuPct)}% ${fmt2c(x.commandsPerRt)} cmds/rt ` : ''}` +
+              `cli ${fmt1(res.clientCpuPct).padStart(5)}% other ${fmt1(res.otherCpuPct).padStart(5)}%` +
+              `${res.errors ? `  ${res.errors} errors` : ''}`,
+          );
+        }
+      }
+      for (const [id, byVariant] of Object.entries(got)) {
+        runs[id] ??= {};
+        for (const [v, res] of Object.entries(byVariant)) {
+          runs[id][v] ??= [];
+          runs[id][v].push(res);
+        }
+      }
+    } finally {
+      await asapRedis?.stop();
+      await redis.stop();
+    }
+  }
 
   for (let r = 0; r < repeats; r++) {
     log(`-- repeat ${r + 1}/${CFG.repeats}`);
     const servers = {};
-    for (const kind of rows.length > 0 ? ['base-ws', 'base-http', 'asap'] : []) {
+    const redisNow = r < redisRepeats;
+    const kinds = rows.length > 0 ? ['base-ws', 'base-http', 'asap'] : redisNow ? ['base-ws'] : [];
+    for (const kind of kinds) {
       servers[kind] = await startServer(kind);
       commands.set(SERVERS[kind].label, serverCommand(kind));
     }
     try {
       for (const row of rows) {
         runs[row.id] ??= {};
-        const keys = Object.keys(VARIANTS).filter((v) => !(row.http && v === 'stack'));
+        const keys = ['base', 'ours', 'stack'].filter((v) => !(row.http && v === 'stack'));
         for (const v of order(keys, r)) {
           const variant = VARIANTS[v];
           const server = servers[variant.server(row)];
@@ -299,6 +491,12 @@ async function main() {
               `${res.errors ? `  ${res.errors} errors` : ''}`,
           );
         }
+      }
+      if (redisNow) {
+        await runRedisRows(r, servers['base-ws']).catch((err) => {
+          notes.push(`Rows ${redisRows.map((row) => row.id).join(', ')}, repeat ${r + 1}: ${err.message}.`);
+          log(`redis rows failed in repeat ${r + 1}: ${err.stack ?? err}`);
+        });
       }
     } finally {
       for (const s of Object.values(servers)) await s.stop();
@@ -318,11 +516,10 @@ async function main() {
       }
     }
   }
-  for (const row of rows) {
+  for (const row of [...rows, ...redisRows]) {
+    const variants = redisRows.includes(row) ? REDIS_VARIANTS : ['base', 'ours', 'stack'];
     const scripts = new Set(
-      Object.entries(VARIANTS)
-        .filter(([v]) => !(row.http && v === 'stack'))
-        .map(([, x]) => x.client),
+      variants.filter((v) => !(row.http && v === 'stack')).map((v) => VARIANTS[v].client),
     );
     for (const script of scripts) {
       const url = row.http ? 'http://HOST:PORT/asap' : 'ws://HOST:PORT/asap/ws';
@@ -466,6 +663,63 @@ async function main() {
         notes.push(`Row ${row.id}, ${VARIANTS[v].label}: ${agg[row.id][v].errors} errors.`);
     }
   }
+  for (const row of redisRows.filter((x) => runs[x.id]?.redis?.length > 0)) {
+    agg[row.id] = {};
+    const base = runs[row.id].base;
+    for (const [v, list] of Object.entries(runs[row.id])) {
+      const pick = (key) => median(list.map((x) => x[key]));
+      const ratio = (f) => median(list.map((x, i) => f(x) / f(base[i])));
+      const a = {
+        perSecond: pick('perSecond'),
+        p50Us: pick('p50Us'),
+        p99Us: pick('p99Us'),
+        cpuPerOp: pick('serverCpuPerOpUs'),
+        probeCpuPerOp: pick('serverProbeCpuPerOpUs'),
+        serverCpuPct: pick('serverCpuPct'),
+        clientCpuPct: pick('clientCpuPct'),
+        clientCpuPerOp: median(list.map((x) => x.clientCpuUs / x.count)),
+        otherCpuPct: pick('otherCpuPct'),
+        errors: list.reduce((n, x) => n + x.errors, 0),
+        count: pick('count'),
+        repeats: list.length,
+        rateRatio: ratio((x) => x.perSecond),
+        p99Ratio: ratio((x) => x.p99Us),
+        cpuRatio: ratio((x) => x.serverCpuPerOpUs),
+      };
+      if (v === 'redis') {
+        const rx = list.map((x) => x.redis);
+        const rpick = (key) => median(rx.map((x) => x[key]));
+        const both = (x) => (x.serverCpuUs + x.redis.cpuUs) / x.count;
+        Object.assign(a, {
+          redisCpuPerOp: rpick('cpuPerOpUs'),
+          redisCpuPct: rpick('cpuPct'),
+          bothCpuPerOp: median(list.map(both)),
+          bothCpuPct: median(list.map((x) => x.serverCpuPct + x.redis.cpuPct)),
+          bothRatio: median(list.map((x, i) => both(x) / base[i].serverCpuPerOpUs)),
+          commandsPerRt: rpick('commandsPerRt'),
+          sentPerRt: rpick('sentPerRt'),
+          scriptedPerRt: rpick('scriptedPerRt'),
+          readsPerRt: rpick('readsPerRt'),
+          bytesInPerRt: rpick('bytesInPerRt'),
+          bytesOutPerRt: rpick('bytesOutPerRt'),
+          errorRepliesPerRt: rpick('errorRepliesPerRt'),
+          perCommand: Object.fromEntries(
+            [...new Set(rx.flatMap((x) => Object.keys(x.perCommand ?? {})))].map((cmd) => [
+              cmd,
+              {
+                perRt: median(rx.map((x) => x.perCommand?.[cmd]?.perRt ?? 0)),
+                sentShare: median(rx.map((x) => x.perCommand?.[cmd]?.sentShare)),
+              },
+            ]),
+          ),
+          redisFailed: rx.map((x) => x.failed).filter(Boolean),
+        });
+        for (const f of a.redisFailed) notes.push(`Row ${row.id}: a Redis INFO read failed (${f}).`);
+      }
+      agg[row.id][v] = a;
+      if (a.errors > 0) notes.push(`Row ${row.id}, ${VARIANTS[v].label}: ${a.errors} errors.`);
+    }
+  }
   const otherMedian = median(
     Object.values(runs).flatMap((byVariant) =>
       Object.values(byVariant)
@@ -505,7 +759,8 @@ async function main() {
     const ok = t.max !== undefined ? value <= t.max : value >= t.min;
     return { ...t, value, ok, limit: t.max !== undefined ? `≤ ${t.max}×` : `≥ ${t.min}×` };
   };
-  const checks = TARGETS.filter((t) => want(t.row)).map(check);
+  // A target whose row did not run (rows 10, 11 without redis-server) is left out; the notes say why.
+  const checks = TARGETS.filter((t) => want(t.row) && agg[t.row]?.[t.variant] !== undefined).map(check);
   const targetOf = (rowId, v, metric) =>
     checks.find((c) => c.row === rowId && c.variant === v && c.metric === metric);
   const mark = (c) => (c === undefined ? '' : ` (${c.limit} ${c.ok ? '✓' : '✗'})`);
@@ -541,6 +796,59 @@ async function main() {
           `${isBase ? '1' : `${fmt2(a.cpuRatio)}${mark(targetOf(row.id, v, 'cpu'))}`} | ${fmtInt(a.serverCpuPct)} | ${fmt1(a.clientCpuPerOp)} | ${fmtInt(a.clientCpuPct)} | ${fmtInt(a.otherCpuPct)} |`,
       );
     }
+  }
+
+  // Rows 10 and 11: asap serve --redis, with redis-server's share of the server core beside it.
+  const redisLines = [];
+  if (redisRows.length > 0) {
+    redisLines.push(
+      '| row | scenario | server ← client | rt/s | × base | p50 µs | p99 µs | × base | asap serve CPU µs/rt | × base | redis-server CPU µs/rt | asap serve + redis-server CPU µs/rt | × base | server core CPU % | Redis commands/rt (sent by asap serve) | client CPU % | other CPU % |',
+      '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    );
+    for (const row of redisRows) {
+      for (const v of REDIS_VARIANTS) {
+        const a = agg[row.id]?.[v];
+        if (a === undefined) continue;
+        const isBase = v === 'base';
+        const label = isBase ? 'baseline ws ← raw client' : VARIANTS[v].label;
+        redisLines.push(
+          isBase
+            ? `| ${row.id} | ${row.name} | ${label} | ${fmtInt(a.perSecond)} | 1 | ${fmtInt(a.p50Us)} | ${fmtInt(a.p99Us)} | 1 | ` +
+                `${fmt1(a.cpuPerOp)} | 1 | | ${fmt1(a.cpuPerOp)} | 1 | ${fmtInt(a.serverCpuPct)} | | ${fmtInt(a.clientCpuPct)} | ${fmtInt(a.otherCpuPct)} |`
+            : `| ${row.id} | ${row.name} | ${label} | ${fmtInt(a.perSecond)} | ${fmt2(a.rateRatio)} | ${fmtInt(a.p50Us)} | ` +
+                `${fmtInt(a.p99Us)} | ${fmt2(a.p99Ratio)} | ${fmt1(a.cpuPerOp)} | ${fmt2(a.cpuRatio)}${mark(targetOf(row.id, v, 'cpu'))} | ` +
+                `${fmt1(a.redisCpuPerOp)} | ${fmt1(a.bothCpuPerOp)} | ${fmt2(a.bothRatio)} | ` +
+                `${fmtInt(a.serverCpuPct)} + ${fmtInt(a.redisCpuPct)} | ${fmt2c(a.commandsPerRt)} (${fmt2c(a.sentPerRt)}) | ` +
+                `${fmtInt(a.clientCpuPct)} | ${fmtInt(a.otherCpuPct)} |`,
+        );
+      }
+    }
+    const ran = redisRows.filter((row) => agg[row.id]?.redis !== undefined);
+    const n = Math.max(0, ...ran.map((row) => agg[row.id].redis.repeats));
+    if (ran.length > 0)
+      redisLines.push(
+        '',
+        `${redisRows.length > 1 ? 'Rows' : 'Row'} ${redisRows.map((row) => row.id).join(' and ')} ${redisRows.length > 1 ? 'are rows' : 'is row'} ` +
+          `${redisRows.map((row) => row.like).join(' and ')} against ` +
+          '`asap serve --redis` (dedupe outcomes, nonces, sessions and push routing in Redis), each next to its own baseline ' +
+          `run, in ${n} of the ${CFG.repeats} repeat(s)${n < CFG.repeats ? ' (fewer, to keep the run short)' : ''}. The bench starts ` +
+          'its own redis-server, pinned to the server core: asap serve and redis-server share the one core the baseline has to ' +
+          `itself, and "server core CPU %" is asap serve + redis-server. The ≤ 1.8× target applies to asap serve's own CPU per ` +
+          "round trip. Counting redis-server's CPU as well, a round trip costs " +
+          ran
+            .map((row) => {
+              const a = agg[row.id].redis;
+              return `${fmt2(a.bothRatio)} the baseline's in row ${row.id} (${fmt1(a.bothCpuPerOp)} µs: ${fmt1(a.cpuPerOp)} in asap serve + ${fmt1(a.redisCpuPerOp)} in redis-server)`;
+            })
+            .join(', and ') +
+          '.',
+        '',
+        'Redis work per request (INFO of redis-server over the window ÷ round trips; `total_commands_processed` counts the ' +
+          'commands a Lua script runs as well as the script call; which were sent and which ran inside scripts is from a ' +
+          `${MONITOR_MS} ms MONITOR sample taken right after each window):`,
+        '',
+        ...ran.map((row) => `- row ${row.id}: ${redisWork(agg[row.id].redis)}`),
+      );
   }
   const kib = (b) => fmt1(b / 1024);
   const memRow = (name, m, isBase) =>
@@ -640,7 +948,7 @@ async function main() {
       `| peak RSS growth, a client sending ${fmtInt(slowCfg.requests)} × 100 KiB echoes that never reads (asap serve) | ` +
         `${growthMiB === null ? 'n/a' : `${growthMiB.toFixed(1)} MiB`} | ≤ ${SLOW_TARGET_MIB} MiB (2 × the 4 MiB hard cap) | ${okMark(slowOk)} |`,
     );
-  const table = [rows.length > 0 ? lines : [], memLines, fairLines, slowLines, targetLines]
+  const table = [rows.length > 0 ? lines : [], redisLines, memLines, fairLines, slowLines, targetLines]
     .filter((t) => t.length > 0)
     .map((t) => t.join('\n'))
     .join('\n\n');
@@ -675,7 +983,7 @@ Written by \`npm run bench${quick ? ' -- --quick' : ''}\` (${CFG.mode} mode) on 
 | pinning | ${pinning.ok ? `taskset: servers on core ${SERVER_CORE}, clients on core ${CLIENT_CORE}` : `none (${pinning.why})`} |
 | load average | ${loadStart.map((x) => x.toFixed(2)).join(' ')} at start, ${loadEnd.map((x) => x.toFixed(2)).join(' ')} at end (the machine is shared) |
 | ulimit -n | ${limit} |
-
+${redisWanted.length > 0 ? `| redis-server | ${info.redis ?? 'not installed'} |\n` : ''}
 ## Results
 
 ${table}
@@ -750,6 +1058,13 @@ ${notes.length > 0 ? `\n${notes.map((n) => `**Note:** ${n}`).join('\n\n')}\n` : 
   and finally reads what it was sent, for at most ${slowCfg.readMs / 1000} s, to count the responses and find a close
   frame's code and reason. The orchestrator reads the server's VmRSS every 50 ms from before the client starts;
   "RSS after" is read 1 s after the client process has exited, after a forced GC (probe).
+- Redis (rows 10, 11): the bench starts its own \`redis-server\` (free port on 127.0.0.1, \`--save '' --appendonly no\`,
+  a temp dir) pinned to the server core, and \`asap serve --redis redis://127.0.0.1:PORT\` on it, fresh in each repeat
+  that runs these rows; before each window's load it runs \`FLUSHALL\`. At the window's edges the orchestrator reads
+  both processes' utime + stime (\`/proc/<pid>/stat\`) and redis-server's \`INFO stats\` and \`INFO commandstats\`
+  (one connection of its own: its two INFO calls are left out of the counts); right after the window, with the
+  load still running, a ${MONITOR_MS} ms \`MONITOR\` sample tells the commands asap serve sent from those its Lua scripts
+  ran. The baseline of these rows is the baseline ws server, run back to back with them as in the other rows.
 - Profile of \`asap serve\` under row 3: \`node bench/profile.mjs\` (see that file).
 
 ## Commands
