@@ -1,7 +1,9 @@
+import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ASAPClient } from '../client/index.js';
+import type { TokenSource } from '../client/runtime.js';
 import { ASAPError, ConnectionError, LocalErrorCode } from '../protocol/errors.js';
 import { isJsonObject, type JsonObject } from '../protocol/schema-util.js';
 import { normalizeOrigin } from '../server/origin.js';
@@ -137,10 +139,36 @@ interface SendOptions {
   skill: string;
   input: JsonObject;
   token?: string;
+  tokenCommand?: string;
   timeout: number;
   stream?: boolean;
   sender: string;
   recipient: string;
+}
+
+/**
+ * `--token`, or `--token-command CMD`: a command (run by the shell) whose standard output is the
+ * token, run again for every new connection, as kubectl and gcloud credential helpers are.
+ */
+function tokenSource(o: { token?: string; tokenCommand?: string }): TokenSource | undefined {
+  const command = o.tokenCommand;
+  if (command === undefined) return o.token;
+  return () =>
+    new Promise<string>((resolve, reject) => {
+      execFile(
+        '/bin/sh',
+        ['-c', command],
+        { timeout: 30_000, maxBuffer: 64 * 1024 },
+        (err, stdout, stderr) => {
+          const token = String(stdout).trim();
+          if (err !== null)
+            reject(new Error(`--token-command failed: ${String(stderr).trim() || err.message}`));
+          else if (token === '' || /\s/.test(token))
+            reject(new Error('--token-command printed no single token'));
+          else resolve(token);
+        },
+      );
+    });
 }
 
 /** Local failures where no answer came (demo-agent.md: exit 2); any other error is an answer (exit 1). */
@@ -165,7 +193,7 @@ async function send(url: string, o: SendOptions): Promise<number> {
   let client: ASAPClient;
   try {
     client = new ASAPClient(url, {
-      token: o.token,
+      token: tokenSource(o),
       sender: o.sender,
       recipient: o.recipient,
       requestTimeoutMs: o.timeout * 1000,
@@ -198,11 +226,14 @@ async function send(url: string, o: SendOptions): Promise<number> {
   }
 }
 
-async function discover(baseUrl: string, o: { token?: string; timeout: number }): Promise<number> {
+async function discover(
+  baseUrl: string,
+  o: { token?: string; tokenCommand?: string; timeout: number },
+): Promise<number> {
   let client: ASAPClient;
   try {
     client = new ASAPClient(baseUrl.replace(/^ws(s?):/, 'http$1:'), {
-      token: o.token,
+      token: tokenSource(o),
       requestTimeoutMs: o.timeout * 1000,
     });
   } catch (err) {
@@ -297,6 +328,7 @@ export async function run(argv: string[]): Promise<number | undefined> {
     .option('--skill <id>', 'skill to run', 'echo')
     .option('--input <json>', 'the task input, a JSON object', jsonObjectArg, {})
     .option('--token <token>', 'bearer token')
+    .option('--token-command <cmd>', 'a command whose output is the bearer token (run for every connection)')
     .option('--timeout <s>', 'seconds to wait for the response', positive('--timeout'), 30)
     .option('--stream', 'print each chunk as it arrives')
     .option('--sender <urn>', 'sender agent URN', 'urn:asap:agent:cli')
@@ -310,6 +342,7 @@ export async function run(argv: string[]): Promise<number | undefined> {
     .description("print an agent's manifest and health")
     .argument('<base-url>', 'http://HOST:PORT')
     .option('--token <token>', 'bearer token')
+    .option('--token-command <cmd>', 'a command whose output is the bearer token (run for every connection)')
     .option('--timeout <s>', 'seconds to wait', positive('--timeout'), 10)
     .action(async (baseUrl: string, o: { token?: string; timeout: number }) => {
       code = await discover(baseUrl, o);

@@ -4,6 +4,7 @@ import type { TaskRequest, TaskStream } from '../protocol/payloads.js';
 import type { JsonObject } from '../protocol/schema-util.js';
 import { baseUrlOf, HttpTransport, type HttpTransportOptions } from './http-transport.js';
 import { ConnectionPool } from './pool.js';
+import type { TokenSource } from './runtime.js';
 import type { RequestOptions, WebSocketTransport, WebSocketTransportOptions } from './websocket-transport.js';
 
 export type TransportChoice = 'auto' | 'http' | 'websocket';
@@ -11,7 +12,8 @@ export type TransportChoice = 'auto' | 'http' | 'websocket';
 export interface ASAPClientOptions {
   /** `auto` (default) picks WebSocket for ws:// and wss://, HTTP for http:// and https://. */
   transport?: TransportChoice;
-  token?: string;
+  /** Bearer token, or a provider of fresh ones (see WebSocketTransportOptions.token). */
+  token?: TokenSource;
   /** This client's agent URN, the sender of envelopes built by `task()` (default `urn:asap:agent:client`). */
   sender?: string;
   /** The peer's agent URN, the recipient of envelopes built by `task()` (default `urn:asap:agent:demo`). */

@@ -9,9 +9,11 @@ import {
 } from '../protocol/errors.js';
 import { decodeFrame, encodeEnvelopeRequest, METHOD_SEND } from '../protocol/jsonrpc.js';
 import { type Health, type Manifest, validateHealth, validateManifest } from '../protocol/manifest.js';
+import { type TokenSource, tokenOf } from './runtime.js';
 
 export interface HttpTransportOptions {
-  token?: string;
+  /** Bearer token, or a provider called for every request. */
+  token?: TokenSource;
   /** Deadline of a request (default 60 s). */
   requestTimeoutMs?: number;
   /** The fetch to use (default: the global one). */
@@ -107,7 +109,13 @@ export class HttpTransport {
       ...this.opts.headers,
       ...(init.headers as Record<string, string>),
     };
-    if (this.opts.token !== undefined) headers.authorization = `Bearer ${this.opts.token}`;
+    let token: string | undefined;
+    try {
+      token = await tokenOf(this.opts.token);
+    } catch (err) {
+      throw new ConnectionError(`Cannot get a token: ${(err as Error)?.message ?? String(err)}`);
+    }
+    if (token !== undefined) headers.authorization = `Bearer ${token}`;
     try {
       const res = await this.fetchImpl(url, { ...init, headers, signal });
       return { status: res.status, ok: res.ok, text: await res.text() };

@@ -5,13 +5,14 @@ import { type Logger, silentLogger } from '../core/logger.js';
 import { systemTimers, type Timer, type Timers } from '../core/timers.js';
 import { ASAPError, ConnectionError } from '../protocol/errors.js';
 import { ASAP_SUBPROTOCOL, PING_FRAME } from '../protocol/jsonrpc.js';
-import type { WebSocketFactory, WebSocketLike } from './runtime.js';
+import { type TokenSource, tokenOf, type WebSocketFactory, type WebSocketLike } from './runtime.js';
 
 export type TransportState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
 
 export interface ReconnectingChannelOptions {
   factory: WebSocketFactory;
-  token?: string;
+  /** A token, or a provider called before every connection (a 4401 on an open connection then reconnects with a fresh one). */
+  token?: TokenSource;
   headers?: Record<string, string>;
   /** Expected heartbeat of the other side (default 30 s); 3 silent intervals drop the socket. 0: off. */
   heartbeatIntervalMs?: number;
@@ -54,6 +55,8 @@ interface Held {
 }
 
 const OPEN = 1;
+/** The close reason of a connection whose credential expired (asap-wire.md, identity). */
+const TOKEN_EXPIRED = 'Token expired';
 const CLOSED = 3;
 const decoder = new TextDecoder();
 
@@ -80,6 +83,8 @@ export class ReconnectingChannel extends Emitter<ChannelEvents> implements Chann
   private connectTimer: Timer | undefined;
   private connectWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   private closePromise: Promise<void> | undefined;
+  /** Counts token fetches, so a late answer for an abandoned attempt is ignored. */
+  private tokenAttempt = 0;
 
   constructor(
     public url: string | undefined,
@@ -172,20 +177,45 @@ export class ReconnectingChannel extends Emitter<ChannelEvents> implements Chann
   // ---- internals ----
 
   private open(): void {
-    if (this.url === undefined) {
+    const url = this.url;
+    if (url === undefined) {
       this.end(new ConnectionError('No URL to connect to'));
       return;
     }
     this.setState(this.everOpened ? 'reconnecting' : 'connecting');
+    const source = this.opts.token;
+    if (typeof source !== 'function') {
+      this.openSocket(url, source);
+      return;
+    }
+    // A provider: a fresh token for every connection.
+    const attempt = ++this.tokenAttempt;
+    tokenOf(source).then(
+      (token) => {
+        if (attempt === this.tokenAttempt && !this.userClosed && this._state !== 'closed')
+          this.openSocket(url, token);
+      },
+      (err: unknown) => {
+        if (attempt !== this.tokenAttempt || this.userClosed || this._state === 'closed') return;
+        const e = new ConnectionError(`Cannot get a token: ${(err as Error)?.message ?? String(err)}`);
+        this.emit('error', e);
+        this.opts.health?.recordFailure();
+        if (!this.everOpened || this.opts.reconnect === false) this.end(e);
+        else this.scheduleReconnect(e);
+      },
+    );
+  }
+
+  private openSocket(url: string, token: string | undefined): void {
     let socket: WebSocketLike;
     try {
-      socket = this.opts.factory(this.url, {
+      socket = this.opts.factory(url, {
         protocols: [ASAP_SUBPROTOCOL],
-        token: this.opts.token,
+        token,
         headers: this.opts.headers,
       });
     } catch (err) {
-      this.end(new ConnectionError(`Cannot open ${this.url}: ${(err as Error).message}`));
+      this.end(new ConnectionError(`Cannot open ${url}: ${(err as Error).message}`));
       return;
     }
     this.socket = socket;
@@ -244,6 +274,20 @@ export class ReconnectingChannel extends Emitter<ChannelEvents> implements Chann
     const wasOpen = this._state === 'open';
     if (wasOpen) this.emit('close', { code, reason });
     if (this.userClosed) return;
+    if (
+      code === 4401 &&
+      reason === TOKEN_EXPIRED &&
+      typeof this.opts.token === 'function' &&
+      this.opts.reconnect !== false
+    ) {
+      // The server ended a live connection because its token expired: reconnect (with backoff,
+      // should the provider keep handing out stale tokens) with a fresh one; what was in flight
+      // is sent again. Any other 4401 (a token refused) ends the channel.
+      const err = new ConnectionError(`Connection closed (4401 ${reason})`, { code, reason });
+      this.sink.dropped(err);
+      this.scheduleReconnect(err);
+      return;
+    }
     if (code === 4401) {
       const err = ASAPError.unauthorized(reason || 'Authentication required');
       this.end(err);

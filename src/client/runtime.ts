@@ -8,6 +8,17 @@
 import { BEARER_PROTOCOL_PREFIX } from '../protocol/jsonrpc.js';
 import { type WsConstructor, wsWebSocketFactory } from './node-websocket.js';
 
+/**
+ * A bearer token, or a function that returns one (a token *provider*): called for every new
+ * connection (and every HTTP request), so an expired token is replaced by a fresh one.
+ */
+export type TokenSource = string | (() => string | Promise<string>);
+
+/** The token of a source now (undefined when there is none). */
+export async function tokenOf(source: TokenSource | undefined): Promise<string | undefined> {
+  return typeof source === 'function' ? await source() : source;
+}
+
 /** The subset of the WHATWG WebSocket that the transport uses; `ws` and browsers both provide it. */
 export interface WebSocketLike {
   readonly readyState: number;

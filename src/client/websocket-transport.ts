@@ -24,13 +24,18 @@ import {
 import type { MessageAck, TaskStream } from '../protocol/payloads.js';
 import { isJsonObject } from '../protocol/schema-util.js';
 import { type ChannelEvents, ReconnectingChannel, type TransportState } from './reconnecting-channel.js';
-import { defaultWebSocketFactory, type WebSocketFactory } from './runtime.js';
+import { defaultWebSocketFactory, type TokenSource, type WebSocketFactory } from './runtime.js';
 
 export type { TransportState };
 
 export interface WebSocketTransportOptions {
-  /** Bearer token: a header where the runtime allows it, else the `asap.bearer.<token>` subprotocol. */
-  token?: string;
+  /**
+   * Bearer token, or a provider called before every connection: a header where the runtime
+   * allows it, else the `asap.bearer.<token>` subprotocol. With a provider, a live connection the
+   * server ends with 4401 (`Token expired`) reconnects at once with a fresh token, resuming its
+   * session and sending again what was in flight.
+   */
+  token?: TokenSource;
   /** Extra upgrade headers (Node only). */
   headers?: Record<string, string>;
   webSocketFactory?: WebSocketFactory;

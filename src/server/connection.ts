@@ -182,6 +182,14 @@ export class Connection implements Session, PushTarget {
     return this._peer;
   }
 
+  /**
+   * True while this server stopped reading from the connection (in-flight cap, congestion):
+   * its pongs cannot arrive then, so its silence is ours, not a sign that it died.
+   */
+  get readingPaused(): boolean {
+    return this.blocked !== 0;
+  }
+
   /** @internal Something arrived (a message or a pong). */
   touch(): void {
     this.lastSeen = this.deps.timers.now();

@@ -163,6 +163,11 @@ export class WebSocketBinding {
     for (const conn of this.live) {
       if (conn.closingSince !== 0) {
         if (now - conn.closingSince >= interval) conn.terminate();
+      } else if (conn.readingPaused) {
+        // We stopped reading it (in-flight cap, congestion): its silence is ours. Its own bounds
+        // (handler deadlines, the slow-consumer grace) end that state; it still hears from us.
+        conn.touch();
+        conn.ping();
       } else if (now - conn.lastSeen > 3 * interval) {
         this.opts.logger.info({ conn: conn.id, agent: conn.agentUrn }, 'closing stale connection');
         conn.closingSince = now;

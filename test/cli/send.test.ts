@@ -365,6 +365,29 @@ describe('asap send (in-process run against in-process demo agents)', () => {
     expect(oneLine(missing.stderr)).toMatch(/-32004/);
   });
 
+  it("--token-command: the command's output is the token; a failing or empty command → exit 2, named", async () => {
+    for (const url of [lockedHttp, lockedWs]) {
+      const ok = await send(
+        url,
+        '--token-command',
+        'printf "tok\\n"',
+        '--recipient',
+        'urn:asap:agent:locked',
+      );
+      expect(ok.code, ok.stderr).toBe(0);
+    }
+    const failing = await send(lockedWs, '--token-command', 'echo no credentials >&2; exit 3');
+    expect(failing.code).toBe(2);
+    expect(oneLine(failing.stderr)).toBe(
+      'asap send: Cannot get a token: --token-command failed: no credentials',
+    );
+    const empty = await send(lockedHttp, '--token-command', 'true');
+    expect(empty.code).toBe(2);
+    expect(oneLine(empty.stderr)).toBe(
+      'asap send: Cannot get a token: --token-command printed no single token',
+    );
+  });
+
   it.each([
     [['--input', '[1]'], /--input must be a JSON object/],
     [['--input', 'not json'], /--input must be JSON/],
