@@ -6,9 +6,15 @@ import { ASAPClient } from '../client/index.js';
 import type { TokenSource } from '../client/runtime.js';
 import { ASAPError, ConnectionError, LocalErrorCode } from '../protocol/errors.js';
 import { isJsonObject, type JsonObject } from '../protocol/schema-util.js';
+import type { JwtAuthenticator } from '../server/jwt.js';
 import { normalizeOrigin } from '../server/origin.js';
 import { createDemoAgent } from './demo-agent.js';
 import { createLogger, LOG_LEVELS, type LogLevel } from './logger.js';
+
+/** A repeatable option's values, in order. */
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
 
 function int(name: string, min = 0) {
   return (value: string): number => {
@@ -60,6 +66,13 @@ interface ServeOptions {
   allowOrigin: string[];
   maxConnections: number;
   redis?: string;
+  jwksUrl?: string;
+  issuer?: string;
+  audience: string[];
+  requiredScope: string[];
+  clockTolerance: number;
+  agentClaim?: string;
+  tokenUrl?: string;
 }
 
 /** The browser bundle (scripts/build-browser.mjs) from dist/cli/ after a build, or from src/cli/ under tsx. */
@@ -88,8 +101,27 @@ async function serve(o: ServeOptions): Promise<number> {
       return 1;
     }
   }
+  let jwt: JwtAuthenticator | undefined;
+  if (o.jwksUrl !== undefined) {
+    if (o.issuer === undefined || o.audience.length === 0) {
+      process.stderr.write('asap serve: --jwks-url needs --issuer and --audience\n');
+      return 1;
+    }
+    const { jwtAuthenticator } = await import('../server/jwt.js');
+    jwt = jwtAuthenticator({
+      jwksUrl: o.jwksUrl,
+      issuer: o.issuer,
+      audience: o.audience,
+      requiredScopes: o.requiredScope.length > 0 ? o.requiredScope : undefined,
+      clockToleranceSec: o.clockTolerance,
+      agentClaim: o.agentClaim,
+      logger,
+    });
+  }
   const server = createDemoAgent({
     store,
+    authenticate: jwt,
+    auth: jwt?.manifestAuth({ tokenUrl: o.tokenUrl }),
     agentId: o.agentId,
     logger,
     token: o.token,
@@ -313,6 +345,26 @@ export async function run(argv: string[]): Promise<number | undefined> {
       int('--max-connections', 1),
       10_000,
     )
+    .option('--jwks-url <url>', 'accept OAuth2/OIDC bearer JWTs signed by the keys at this JWKS URL')
+    .option('--issuer <url>', 'with --jwks-url: the expected iss (a trailing slash is ignored)')
+    .option('--audience <aud>', 'with --jwks-url: an accepted aud (repeatable)', collect, [] as string[])
+    .option(
+      '--required-scope <scope>',
+      'with --jwks-url: a scope every request needs (repeatable)',
+      collect,
+      [] as string[],
+    )
+    .option(
+      '--clock-tolerance <s>',
+      'with --jwks-url: seconds of clock skew allowed on exp/nbf',
+      int('--clock-tolerance'),
+      5,
+    )
+    .option(
+      '--agent-claim <claim>',
+      'with --jwks-url: the claim naming the agent URNs a caller may speak for (default asap_agents; a URN sub always counts)',
+    )
+    .option('--token-url <url>', 'the token endpoint the manifest advertises for OAuth2 clients')
     .option(
       '--redis <url>',
       'keep dedupe outcomes, nonces, sessions, push routing and counters in Redis (several processes act as one agent)',

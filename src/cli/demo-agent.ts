@@ -3,6 +3,7 @@ import { createEnvelope, type Envelope } from '../protocol/envelope.js';
 import { ASAPError } from '../protocol/errors.js';
 import { type TaskRequest, type TaskStream, type TaskUpdate, URN_PATTERN } from '../protocol/payloads.js';
 import type { JsonObject } from '../protocol/schema-util.js';
+import type { ManifestInit } from '../server/manifest.js';
 import { ASAPServer, type ASAPServerOptions } from '../server/server.js';
 import type { ServerStore } from '../server/store.js';
 
@@ -185,9 +186,9 @@ const descriptions: Record<keyof typeof demoSkills, string> = {
 
 /** A server with the demo agent's six skills registered. */
 export function createDemoAgent(
-  opts: Omit<ASAPServerOptions, 'manifest'> & { agentId?: string },
+  opts: Omit<ASAPServerOptions, 'manifest'> & { agentId?: string; auth?: ManifestInit['auth'] },
 ): ASAPServer {
-  const { agentId = 'urn:asap:agent:demo', ...rest } = opts;
+  const { agentId = 'urn:asap:agent:demo', auth, ...rest } = opts;
   const server = new ASAPServer({
     ...rest,
     manifest: {
@@ -195,6 +196,7 @@ export function createDemoAgent(
       name: 'ASAP demo agent',
       version: '0.1.0',
       description: 'The asap-ts demo agent',
+      ...(auth === undefined ? {} : { auth }),
     },
   });
   for (const [id, handler] of Object.entries(demoSkills)) {

@@ -33,6 +33,7 @@ import {
 import { isJsonObject } from '../protocol/schema-util.js';
 import { type Claim, type DedupeStore, MemoryDedupeStore, type Outcome } from './dedupe.js';
 import { fingerprint } from './fingerprint.js';
+import type { Principal } from './identity.js';
 import {
   guardInstrumentation,
   type Instrumentation,
@@ -45,6 +46,7 @@ import type { NonceStore } from './nonce-store.js';
 import { engineError } from './opaque-error.js';
 import type { Handler, HandlerRegistry, TransportKind } from './registry.js';
 import { ReplayGuard, type ReplayOptions } from './replay.js';
+import { INSUFFICIENT_SCOPE, missingScope } from './scopes.js';
 import { isPromiseLike, replyTypeFor, TaskRuntime } from './tasks.js';
 import { systemTimers, type Timers } from './timers.js';
 
@@ -75,6 +77,11 @@ export interface Session {
   onAck?(envelope: Envelope<MessageAck>): void;
   /** Called with responses to requests this side sent (reverse requests, pushes with ids). */
   onResponse?(frame: SuccessFrame | ErrorFrame): void;
+  /**
+   * Called when an envelope is refused because the principal lacks `scope` (the HTTP binding
+   * may answer a lone request with 403 then).
+   */
+  onInsufficientScope?(scope: string): void;
 }
 
 export interface DispatcherOptions {
@@ -254,12 +261,34 @@ export class Dispatcher {
       this.logger.warn({ envelope_id: env.id, sender: env.sender }, SENDER_MISMATCH);
       return this.answer(id, err);
     }
-    session.onEnvelope?.(env);
     const type = normalizePayloadType(env.payload_type);
+    // Scopes: only principals that carry them (JWTs) pay for the check.
+    if ((session.principal as Principal | null | undefined)?.scopes !== undefined) {
+      const missing = missingScope(session.principal, type);
+      if (missing !== undefined) return this.refuseScope(env, id, session, missing);
+    }
+    session.onEnvelope?.(env);
     if (this.dedupe === undefined) return this.admit(env, type, undefined, id, session, collect);
     // §10: per caller (principal and sender), never by envelope id alone.
     const key = `${session.callerId ?? ''}\u0000${env.sender}\u0000${env.id}`;
     return this.claim(env, type, key, fingerprint(env, type), id, session, collect);
+  }
+
+  /** An envelope whose payload type needs a scope the principal lacks, in the reference's form plus `required_scope`. */
+  private refuseScope(env: Envelope, id: JsonRpcId | undefined, session: Session, scope: string): Answer {
+    const err = new ASAPError(ErrorCode.InvalidParams, INSUFFICIENT_SCOPE, {
+      error: INSUFFICIENT_SCOPE,
+      status_code: 403,
+      required_scope: scope,
+    });
+    this.ack(env, session, 'rejected', INSUFFICIENT_SCOPE);
+    this.hooks?.rejected?.('auth', err.code);
+    this.logger.warn(
+      { envelope_id: env.id, sender: env.sender, payload_type: env.payload_type, required_scope: scope },
+      INSUFFICIENT_SCOPE,
+    );
+    session.onInsufficientScope?.(scope);
+    return this.answer(id, err);
   }
 
   private claim(
@@ -424,7 +453,14 @@ export class Dispatcher {
     started: number,
     info: RequestInfo | undefined,
   ): Answer {
-    const stored = key === undefined ? undefined : this.dedupe!.complete(key, outcome);
+    // A "retry later" (-32040: a store or a downstream was unavailable) is no outcome to keep:
+    // the claim is given back, so the caller's retry of the same envelope runs.
+    const stored =
+      key === undefined
+        ? undefined
+        : outcome.kind === 'error' && outcome.error.code === ErrorCode.ResourceExhausted
+          ? this.dedupe!.release(key)
+          : this.dedupe!.complete(key, outcome);
     if (info !== undefined) this.finishRequest(info, outcome, performance.now() - started);
     if (this.processedAcks) this.ack(env, session, 'processed');
     if (started !== 0 && (info === undefined || debugEnabled(this.logger))) {

@@ -13,6 +13,16 @@ export interface Principal {
    * push only under these URNs (asap-wire.md §10 "Sender binding").
    */
   agents?: readonly string[];
+  /**
+   * The OAuth2 scopes this caller holds. When present (an array), every envelope is checked:
+   * one whose payload type needs a scope not listed here (see `scopeFor` in scopes.ts) is
+   * refused with -32602 and `data.required_scope`. Absent: no scope check.
+   */
+  scopes?: readonly string[];
+  /** Scopes every envelope from this caller needs on top of its payload type's (only read with `scopes`). */
+  requiredScopes?: readonly string[];
+  /** When the credential ends, in ms since the epoch: a WebSocket is closed with 4401 `Token expired` then. */
+  expiresAt?: number;
 }
 
 /**

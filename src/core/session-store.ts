@@ -70,6 +70,13 @@ export interface SessionStore {
   attach(sessionId: string, callerId: string): boolean | Promise<boolean>;
   /** Forgets the session and its pushes. */
   close(sessionId: string): void | Promise<void>;
+  /**
+   * Records that the session's client speaks for `urn`, so that the connection resuming it (on
+   * any node) takes pushes to that URN before it sends anything. No-op for an unknown session.
+   */
+  addUrn(sessionId: string, urn: string): void | Promise<void>;
+  /** The URNs recorded for the session (none when it is unknown). */
+  urns(sessionId: string): readonly string[] | Promise<readonly string[]>;
 }
 
 export interface MemorySessionStoreOptions {
@@ -103,6 +110,8 @@ interface SessionRecord {
   /** Envelope ids appended and still kept, to their seq (append is idempotent by id). */
   ids: Map<string, number>;
   listeners: Set<(entry: SessionEntry) => void>;
+  /** The agent URNs its client speaks for. */
+  urns: Set<string>;
 }
 
 /**
@@ -151,6 +160,7 @@ export class MemorySessionStore implements SessionStore {
       detachedAt: 0,
       ids: new Map(),
       listeners: new Set(),
+      urns: new Set(),
     };
     this.sessions.set(rec.id, rec);
     return { sessionId: rec.id };
@@ -210,6 +220,14 @@ export class MemorySessionStore implements SessionStore {
   close(sessionId: string): void {
     const rec = this.sessions.get(sessionId);
     if (rec !== undefined) this.drop(rec);
+  }
+
+  addUrn(sessionId: string, urn: string): void {
+    this.get(sessionId)?.urns.add(urn);
+  }
+
+  urns(sessionId: string): readonly string[] {
+    return [...(this.get(sessionId)?.urns ?? [])];
   }
 
   /** The live session, or undefined (an expired one is dropped on the way). */

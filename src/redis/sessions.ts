@@ -93,6 +93,13 @@ for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
 return 1`);
 
 /** ARGV: the disconnect window. With no connection left, the keys expire after it. */
+/** Records a URN of the session's client (a `u:<urn>` field of the session hash), if the session exists. */
+const ADD_URN = new LuaScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'u:' .. ARGV[1], 1)
+return 1
+`);
+
 const DETACH = new LuaScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local n = redis.call('HINCRBY', KEYS[1], 'attached', -1)
@@ -285,6 +292,15 @@ export class RedisSessionStore implements SessionStore {
         'session not deleted (Redis unavailable): it expires with its TTL',
       );
     }
+  }
+
+  async addUrn(sessionId: string, urn: string): Promise<void> {
+    await this.conn.run((c) => ADD_URN.run(c, [this.keys(sessionId)[0]], [urn]));
+  }
+
+  async urns(sessionId: string): Promise<readonly string[]> {
+    const fields = await this.conn.run((c) => c.hKeys(this.keys(sessionId)[0]));
+    return fields.filter((f) => f.startsWith('u:')).map((f) => f.slice(2));
   }
 
   /** Stops renewing and drops every subscription (the server's shutdown); the sessions expire in Redis. */

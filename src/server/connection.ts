@@ -414,6 +414,7 @@ export class Connection implements Session, PushTarget {
     else if (this.agents === undefined || this.urns.includes(urn)) return;
     this.urns.push(urn);
     this.deps.identify(this, urn);
+    if (this.sessionId !== undefined) this.deps.sessions?.identified(this.sessionId, urn);
   }
 
   /** An ack in a batch (the peer routes the others itself). */
@@ -432,11 +433,12 @@ export class Connection implements Session, PushTarget {
    * requires an ack (the types §6 lists always do) settles on the ack, retransmitted until then.
    */
   push(envelope: Envelope<object>): Promise<void> {
+    // With a session, the push is kept in it first (even while this connection is closing: the
+    // resume replays it); the session's subscription writes it with its seq.
+    if (this.sessionId !== undefined)
+      return this.deps.sessions!.push(this.sessionId, this.peer.withAck(envelope));
     if (!this.isOpen) return Promise.reject(new ConnectionError('Connection is closed'));
-    const env = this.peer.withAck(envelope);
-    // With a session, the push is kept in it first; the session's subscription writes it (with its seq).
-    if (this.sessionId !== undefined) return this.deps.sessions!.push(this.sessionId, env);
-    return this.peer.send(env);
+    return this.peer.send(this.peer.withAck(envelope));
   }
 
   /** @internal Writes one push kept in this connection's session, with its seq (§12). */
@@ -465,6 +467,8 @@ export class Connection implements Session, PushTarget {
     this.unsubscribeSession?.();
     this.sessionId = sessionId;
     this.unsubscribeSession = unsubscribe;
+    // URNs it spoke for before asking for the session.
+    for (const urn of this.urns) this.deps.sessions?.identified(sessionId, urn);
   }
 
   /**

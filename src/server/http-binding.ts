@@ -172,6 +172,8 @@ export class HttpBinding {
         );
         return;
       }
+      // A lone request refused for a missing scope is answered 403, as the reference's middleware does.
+      let forbidden: string | undefined;
       const session: Session =
         auth.principal === undefined
           ? ANONYMOUS
@@ -183,11 +185,18 @@ export class HttpBinding {
               agents: boundAgents(auth.principal),
               write: noWrite,
               push: noPush,
+              onInsufficientScope: (scope) => {
+                forbidden ??= scope;
+              },
             };
       const answer = await h.dispatcher.handle(frame, session);
       if (answer === undefined) {
         res.writeHead(204);
         res.end();
+      } else if (forbidden !== undefined && frame.kind !== 'batch') {
+        sendJson(res, 403, answer, {
+          'www-authenticate': `Bearer error="insufficient_scope", scope="${forbidden}"`,
+        });
       } else {
         sendJson(res, 200, answer);
       }

@@ -1,7 +1,23 @@
+export {
+  ASAP_SCOPES,
+  INSUFFICIENT_SCOPE,
+  parseScopes,
+  SCOPE_ADMIN,
+  SCOPE_EXECUTE,
+  SCOPE_READ,
+  scopeFor,
+} from '../core/scopes.js';
 export { type Authenticator, type AuthRequest, staticToken, type TokenVerifier } from './auth.js';
 export type { ConnectionInfo, ConnectionLimits } from './connection.js';
 export { Connection } from './connection.js';
 export { Drain } from './drain.js';
+export {
+  type JwtAuthenticator,
+  type JwtAuthenticatorOptions,
+  type JwtPrincipal,
+  JwtRefusedError,
+  jwtAuthenticator,
+} from './jwt.js';
 export { buildManifest, type ManifestInit } from './manifest.js';
 export { LocalPushAdapter, type PushAdapter, type PushTarget } from './push-adapter.js';
 export * from './server.js';

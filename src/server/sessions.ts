@@ -71,8 +71,9 @@ export class SessionBinding {
         const unsubscribe = this.store.subscribe(wanted, listen);
         const replay = await this.store.since(wanted, lastSeq);
         if (!replay.expired && holder.isOpen) {
-          // Pushes to the URNs the session's last connection spoke for now come here.
-          holder.adopt(this.parked.get(wanted)?.urns ?? []);
+          // Pushes to the URNs the session's client speaks for now come here (whichever node it
+          // spoke on before).
+          holder.adopt([...(this.parked.get(wanted)?.urns ?? []), ...(await this.store.urns(wanted))]);
           this.unpark(wanted);
           holder.bindSession(wanted, unsubscribe);
           holder.send(sessionFrame(wanted, true));
@@ -96,6 +97,13 @@ export class SessionBinding {
       // The connection works on without a session (as for a client that never asked).
       this.logger.warn({ conn: holder.id, err: (err as Error).message }, 'session could not be opened');
     }
+  }
+
+  /** The connection holding `sessionId` now speaks as `urn`: recorded, for a resume on any node. */
+  identified(sessionId: string, urn: string): void {
+    void Promise.resolve(this.store.addUrn(sessionId, urn)).catch((err: unknown) =>
+      this.logger.warn({ session: sessionId, err: (err as Error).message }, 'session URN not recorded'),
+    );
   }
 
   /** A push to a connection that holds a session: kept in the session, written by its subscription. */

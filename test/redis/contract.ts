@@ -332,6 +332,20 @@ export function sessionContract(make: SessionFactory): void {
     expect(await a.attach(s, 'alice')).toBe(false);
   });
 
+  it('records the URNs its client speaks for, readable on any node; none for an unknown session', async () => {
+    const { a, b } = await make({});
+    const { sessionId: s } = await a.open('alice');
+    expect(await b.urns(s)).toEqual([]);
+    await a.addUrn(s, 'urn:asap:agent:alice');
+    await b.addUrn(s, 'urn:asap:agent:alice');
+    await b.addUrn(s, 'urn:asap:agent:alice-2');
+    expect([...(await a.urns(s))].sort()).toEqual(['urn:asap:agent:alice', 'urn:asap:agent:alice-2']);
+    await a.addUrn('no-such-session', 'urn:asap:agent:x');
+    expect(await b.urns('no-such-session')).toEqual([]);
+    await a.close(s);
+    expect(await b.urns(s)).toEqual([]);
+  });
+
   it('close forgets the session and its pushes', async () => {
     const { a, b } = await make({});
     const { sessionId: s } = await a.open('alice');
