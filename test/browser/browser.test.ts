@@ -11,10 +11,13 @@
  */
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { staticOptions } from '../../src/cli/commands.js';
 import { createDemoAgent } from '../../src/cli/demo-agent.js';
+import type { Authenticator } from '../../src/server/auth.js';
+import { jwtAuthenticator } from '../../src/server/jwt.js';
 import type { ASAPServer } from '../../src/server/server.js';
 import { ensureBundle, ROOT } from './ensure-bundle.js';
 
@@ -68,11 +71,14 @@ describe.skipIf(!HAVE_CHROMIUM && !CI)('browser example in headless Chromium', (
     await browser?.close();
   });
 
-  async function startAgent(opts: { port?: number; token?: string } = {}): Promise<string> {
+  async function startAgent(
+    opts: { port?: number; token?: string; authenticate?: Authenticator } = {},
+  ): Promise<string> {
     const server = createDemoAgent({
       ...staticOptions(EXAMPLE_DIR),
       rateLimit: 0,
       token: opts.token,
+      authenticate: opts.authenticate,
       drainTimeoutMs: 1000,
     });
     servers.push(server);
@@ -235,6 +241,31 @@ describe.skipIf(!HAVE_CHROMIUM && !CI)('browser example in headless Chromium', (
     await page.waitForTimeout(600);
     expect(await page.getAttribute('[data-testid="state"]', 'data-state')).toBe('closed');
     expect((await stateHistory(page)).at(-1)).toBe('closed');
+  });
+
+  it('authenticates with an OIDC JWT in the asap.bearer.<token> subprotocol', async () => {
+    const { publicKey, privateKey } = await generateKeyPair('ES256');
+    const authenticate = jwtAuthenticator({
+      keys: { keys: [{ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256' }] },
+      issuer: 'https://id.example.test',
+      audience: 'asap-demo',
+    });
+    const base = await startAgent({ authenticate });
+    const jwt = await new SignJWT({ scope: 'asap:execute' })
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+      .setIssuer('https://id.example.test/')
+      .setAudience('asap-demo')
+      .setSubject('urn:asap:agent:browser-example')
+      .setIssuedAt()
+      .setExpirationTime('5m')
+      .sign(privateKey);
+    const page = await openPage(base);
+    await waitForState(page, 'closed');
+    await page.fill('[data-testid="token"]', jwt);
+    await page.click('[data-testid="connect"]');
+    await waitForState(page, 'open');
+    await sendTask(page, 'echo', { via: 'jwt' });
+    expect((await response(page)).payload).toMatchObject({ result: { echo: { via: 'jwt' } } });
   });
 
   it('reconnects after the server restarts on the same port, and the next request succeeds', async () => {
