@@ -66,6 +66,7 @@ interface ServeOptions {
   allowOrigin: string[];
   maxConnections: number;
   redis?: string;
+  tokenAgent: string[];
   jwksUrl?: string;
   issuer?: string;
   audience: string[];
@@ -120,6 +121,7 @@ async function serve(o: ServeOptions): Promise<number> {
   }
   const server = createDemoAgent({
     store,
+    tokenAgents: o.tokenAgent.length > 0 ? o.tokenAgent : undefined,
     authenticate: jwt,
     auth: jwt?.manifestAuth({ tokenUrl: o.tokenUrl }),
     agentId: o.agentId,
@@ -344,6 +346,12 @@ export async function run(argv: string[]): Promise<number | undefined> {
       'open WebSocket connections; past it new ones close with 1013',
       int('--max-connections', 1),
       10_000,
+    )
+    .option(
+      '--token-agent <urn>',
+      'with --token: an agent URN its holders may speak for (repeatable; default any)',
+      collect,
+      [] as string[],
     )
     .option('--jwks-url <url>', 'accept OAuth2/OIDC bearer JWTs signed by the keys at this JWKS URL')
     .option('--issuer <url>', 'with --jwks-url: the expected iss (a trailing slash is ignored)')

@@ -1,5 +1,6 @@
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
+import type { Principal } from '../core/identity.js';
 import type { Logger } from '../core/logger.js';
 import { BEARER_PROTOCOL_PREFIX } from '../protocol/jsonrpc.js';
 
@@ -30,12 +31,20 @@ export type AuthCheck = (token: string | undefined, req: AuthRequest) => Promise
  * static `token`); undefined when none is set and the server is open.
  */
 export function authCheck(
-  opts: { authenticate?: Authenticator; verifyToken?: TokenVerifier; token?: string },
+  opts: {
+    authenticate?: Authenticator;
+    verifyToken?: TokenVerifier;
+    token?: string;
+    tokenAgents?: readonly string[];
+  },
   logger: Logger,
 ): AuthCheck | undefined {
   let authenticate = opts.authenticate;
   if (authenticate === undefined) {
-    const verify = opts.verifyToken ?? (opts.token !== undefined ? staticToken(opts.token) : undefined);
+    const principal =
+      opts.tokenAgents === undefined ? undefined : { id: 'static-token', agents: opts.tokenAgents };
+    const verify =
+      opts.verifyToken ?? (opts.token !== undefined ? staticToken(opts.token, principal) : undefined);
     if (verify === undefined) return undefined;
     authenticate = (token) => (token === undefined ? null : verify(token));
   }
@@ -60,12 +69,17 @@ export type TokenVerifier = (token: string) => unknown | Promise<unknown>;
 /** Everyone who holds the static token is one principal. */
 const STATIC_PRINCIPAL = Object.freeze({ id: 'static-token' });
 
-/** A verifier that accepts exactly one static token, compared in constant time. */
-export function staticToken(expected: string): TokenVerifier {
+/**
+ * A verifier that accepts exactly one static token, compared in constant time. Everyone who
+ * holds it is one principal: `{ id: 'static-token' }`, or the one given, e.g.
+ * `{ id: 'billing', agents: ['urn:asap:agent:billing'] }` to bind its holders to those URNs.
+ */
+export function staticToken(expected: string, principal: Principal = STATIC_PRINCIPAL): TokenVerifier {
   const want = Buffer.from(expected);
+  const who = Object.freeze({ ...principal });
   return (token) => {
     const got = Buffer.from(token);
-    return got.length === want.length && timingSafeEqual(got, want) ? STATIC_PRINCIPAL : null;
+    return got.length === want.length && timingSafeEqual(got, want) ? who : null;
   };
 }
 

@@ -30,6 +30,8 @@ export interface ASAPServerOptions {
   registry?: HandlerRegistry;
   /** A static bearer token that HTTP and WebSocket require. */
   token?: string;
+  /** With `token`: the agent URNs its holders may speak for (default: any). */
+  tokenAgents?: readonly string[];
   /** A pluggable check instead of `token`: token → principal, or null to refuse. */
   verifyToken?: TokenVerifier;
   /** The most general check (token and request → principal with URNs and expiry); wins over the two above. */

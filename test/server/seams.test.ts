@@ -58,6 +58,14 @@ describe('Authenticator', () => {
     expect(await bad.closed).toMatchObject({ code: 4401, reason: 'Invalid token' });
   });
 
+  it('a static token may bind its holders to agent URNs (tokenAgents)', async () => {
+    const { wsUrl } = await startDemo({ token: 's3cret', tokenAgents: [CLIENT_URN] });
+    const peer = await connect(wsUrl, 'asap.v1', { headers: { authorization: 'Bearer s3cret' } });
+    expect((await peer.call(task('echo', { ok: 1 }))).result.envelope.payload.status).toBe('completed');
+    const other = await peer.call(task('echo', {}, { sender: 'urn:asap:agent:mallory' }));
+    expect(other.error).toMatchObject({ code: -32602, data: { status_code: 403 } });
+  });
+
   it('a throwing authenticator refuses with "Invalid token"', async () => {
     const { url } = await startDemo({
       authenticate: () => {
@@ -334,7 +342,7 @@ describe('ServerStore', () => {
         }),
       })
     ).json()) as Json;
-    expect(http.error).toEqual({
+    expect(http.error).toMatchObject({
       code: -32040,
       message: 'Shared state unavailable; retry later',
       data: { retry_after_ms: 1000 },
@@ -353,5 +361,27 @@ describe('ServerStore', () => {
     expect(JSON.stringify(opaque)).not.toContain('secret');
     down = false;
     expect(await health()).toBe(200);
+  });
+});
+
+describe('heartbeat sweep', () => {
+  it('does not close as stale a connection the server stopped reading (in-flight cap)', async () => {
+    const timers = new ManualTimers(Date.now());
+    const { server, wsUrl } = await startDemo({
+      timers,
+      heartbeatIntervalMs: 1000,
+      maxInFlightPerConnection: 2,
+    });
+    const peer = await connect(wsUrl);
+    // Two long tasks fill the cap: the server stops reading this socket, so its pongs cannot arrive.
+    for (const id of ['s1', 's2', 's3']) peer.request(task('sleep', { ms: 60_000 }), id);
+    await waitFor(() => server.dispatcher.inFlight === 2, 'the cap to fill');
+    await timers.tick(10_000);
+    expect(peer.isOpen).toBe(true);
+    expect(server.connections).toHaveLength(1);
+    // Shut down on manual time: the drain deadline ends the sleeps.
+    const closing = server.close();
+    await timers.tick(20_000);
+    await closing;
   });
 });
