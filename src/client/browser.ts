@@ -4,10 +4,12 @@ export * from '../protocol/index.js';
 export * from './client.js';
 export * from './http-transport.js';
 export * from './pool.js';
+export * from './retry.js';
 export {
   browserWebSocketFactory,
   type WebSocketConnectOptions,
   type WebSocketFactory,
   type WebSocketLike,
 } from './runtime.js';
+export { readSSE, type SSEEvent, SSEParser, type SSEParserOptions } from './sse.js';
 export * from './websocket-transport.js';

@@ -103,16 +103,21 @@ export class ASAPClient {
     return this.transport().request(envelope, opts);
   }
 
-  /** Streams the answer: TaskStream envelopes up to the final one (over HTTP, just the final one). */
+  /**
+   * Streams the answer: TaskStream envelopes up to the final one, as they arrive (over HTTP as
+   * Server-Sent Events from the stream endpoint, asap-wire.md §11).
+   */
   async *stream(
     envelope: Envelope<object> | EnvelopeInit<object>,
     opts?: RequestOptions,
   ): AsyncIterable<Envelope<TaskStream>> {
-    if (this.http !== undefined) {
-      yield (await this.http.request(envelope, opts)) as Envelope<TaskStream>;
-      return;
-    }
-    yield* this.transport().stream(envelope, opts);
+    if (this.http !== undefined) yield* this.http.stream(envelope, opts);
+    else yield* this.transport().stream(envelope, opts);
+  }
+
+  /** The transport version the HTTP server negotiated (its last `ASAP-Version`); undefined over WebSocket or before a response. */
+  get negotiatedVersion(): string | undefined {
+    return this.http?.negotiatedVersion;
   }
 
   /** Builds a TaskRequest envelope for a skill. */

@@ -9,10 +9,12 @@ export {
   ReconnectingChannel,
   type ReconnectingChannelOptions,
 } from './reconnecting-channel.js';
+export * from './retry.js';
 export {
   browserWebSocketFactory,
   type WebSocketConnectOptions,
   type WebSocketFactory,
   type WebSocketLike,
 } from './runtime.js';
+export { readSSE, type SSEEvent, SSEParser, type SSEParserOptions } from './sse.js';
 export * from './websocket-transport.js';

@@ -58,8 +58,13 @@ export { isPromiseLike, replyTypeFor };
  */
 export interface Session {
   readonly transport: TransportKind;
-  /** True when chunks and acks may be written before the final answer (WebSocket). */
+  /** True when chunks and acks may be written before the final answer (WebSocket, SSE). */
   readonly interactive: boolean;
+  /**
+   * False when chunks may be written but acks may not (SSE: the caller reads events and has no
+   * channel to answer an ack's notification, and an ack is no envelope of its stream). Default true.
+   */
+  readonly writeAcks?: boolean;
   readonly principal?: unknown;
   /** The principal's id (see `principalId`): per-caller state is keyed by it and the envelope's sender. */
   readonly callerId?: string;
@@ -526,7 +531,7 @@ export class Dispatcher {
     status: MessageAck['status'],
     error?: string,
   ): void {
-    if (env.requires_ack !== true || !session.interactive) return;
+    if (env.requires_ack !== true || !session.interactive || session.writeAcks === false) return;
     const payload: MessageAck = { original_envelope_id: env.id, status };
     if (error !== undefined) payload.error = error;
     const ack = createReply(env, 'MessageAck', payload);

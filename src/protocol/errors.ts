@@ -79,6 +79,73 @@ export interface JsonRpcErrorObject {
   data?: unknown;
 }
 
+/** How a peer should treat one error code (asap-wire.md §11 "Error data taxonomy"). */
+export interface TaxonomyEntry {
+  /** The reference's taxonomy string (`asap:<domain>/<error>`), or ours where it has none. */
+  readonly asap_taxonomy_code: string;
+  /** True when the same request may succeed later (rate limit, overload, shutdown, timeout, circuit open). */
+  readonly recoverable: boolean;
+}
+
+/** The taxonomy of codes outside the table (the reference client's own default for them). */
+export const GENERIC_TAXONOMY: TaxonomyEntry = Object.freeze({
+  asap_taxonomy_code: 'asap:rpc/remote_error',
+  recoverable: false,
+});
+
+const entry = (asap_taxonomy_code: string, recoverable = false): TaxonomyEntry =>
+  Object.freeze({ asap_taxonomy_code, recoverable });
+
+/**
+ * The one mapping from a §3 code to `data.asap_taxonomy_code` and `data.recoverable`. Strings
+ * are the reference's (`src/asap/errors.py`, docs/error-codes.md) where it has one for the
+ * code; the plain JSON-RPC codes get its generic `asap:rpc/remote_error` (what its client
+ * assumes for them), except -32602, whose envelope-validation meaning is the reference's
+ * `malformed_envelope`. -32004 (ours) and -32040 (reserved there, without a string) get
+ * strings of ours in its pattern. Recoverable exactly as §11 says: -32040, -32033, -32011.
+ */
+export const ERROR_TAXONOMY: Readonly<Record<ErrorCode, TaxonomyEntry>> = Object.freeze({
+  [ErrorCode.ParseError]: GENERIC_TAXONOMY,
+  [ErrorCode.InvalidRequest]: GENERIC_TAXONOMY,
+  [ErrorCode.MethodNotFound]: GENERIC_TAXONOMY,
+  [ErrorCode.InvalidParams]: entry('asap:protocol/malformed_envelope'),
+  [ErrorCode.InternalError]: GENERIC_TAXONOMY,
+  [ErrorCode.InvalidState]: entry('asap:protocol/invalid_state'),
+  [ErrorCode.InvalidTimestamp]: entry('asap:protocol/invalid_timestamp'),
+  [ErrorCode.InvalidNonce]: entry('asap:protocol/invalid_nonce'),
+  [ErrorCode.Unauthorized]: entry('asap:auth/unauthorized'),
+  [ErrorCode.TaskNotFound]: entry('asap:task/not_found'),
+  [ErrorCode.CircuitOpen]: entry('asap:transport/circuit_open', true),
+  [ErrorCode.HandlerNotFound]: entry('asap:transport/handler_not_found'),
+  [ErrorCode.Timeout]: entry('asap:transport/timeout', true),
+  [ErrorCode.ResourceExhausted]: entry('asap:resource/exhausted', true),
+});
+
+/** The taxonomy of `code`: its row of {@link ERROR_TAXONOMY}, or {@link GENERIC_TAXONOMY}. */
+export function taxonomyOf(code: number): TaxonomyEntry {
+  return (ERROR_TAXONOMY as Record<number, TaxonomyEntry | undefined>)[code] ?? GENERIC_TAXONOMY;
+}
+
+/**
+ * The wire form of an error object: its `data` with `recoverable` and `asap_taxonomy_code`
+ * (§11) next to the fields already there. Values `data` already carries with the right type
+ * win (a handler relaying another agent's error knows better); a `data` that is not a plain
+ * object (an array, a string, …) is kept under `value`. Idempotent; returns a new object.
+ */
+export function withTaxonomy(error: JsonRpcErrorObject): JsonRpcErrorObject {
+  const t = taxonomyOf(error.code);
+  const raw = error.data;
+  const data: Record<string, unknown> =
+    raw === undefined || raw === null
+      ? {}
+      : typeof raw === 'object' && !Array.isArray(raw)
+        ? { ...(raw as Record<string, unknown>) }
+        : { value: raw };
+  if (typeof data.recoverable !== 'boolean') data.recoverable = t.recoverable;
+  if (typeof data.asap_taxonomy_code !== 'string') data.asap_taxonomy_code = t.asap_taxonomy_code;
+  return { code: error.code, message: error.message, data };
+}
+
 /** An error with a JSON-RPC code: thrown locally, sent to and received from peers. */
 export class ASAPError extends Error {
   override readonly name: string = 'ASAPError';
@@ -103,7 +170,7 @@ export class ASAPError extends Error {
    * or data). Every encoder of errors uses this.
    */
   toWire(): JsonRpcErrorObject {
-    return this.local ? toWireError(this).toJSON() : this.toJSON();
+    return withTaxonomy(this.local ? toWireError(this).toJSON() : this.toJSON());
   }
 
   /** Code, message and data as they are (a local error keeps its own: for logs and callers). */

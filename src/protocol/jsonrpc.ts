@@ -1,4 +1,4 @@
-import { ASAPError, type JsonRpcErrorObject } from './errors.js';
+import { ASAPError, type JsonRpcErrorObject, withTaxonomy } from './errors.js';
 import { isJsonObject } from './schema-util.js';
 
 export type JsonRpcId = string | number;
@@ -220,7 +220,7 @@ export function encodeEnvelopeJsonResult(id: JsonRpcId | null, envelopeJson: str
 }
 
 export function encodeError(id: JsonRpcId | null, error: ASAPError | JsonRpcErrorObject): string {
-  const obj = error instanceof ASAPError ? error.toWire() : error;
+  const obj = error instanceof ASAPError ? error.toWire() : withTaxonomy(error);
   return `{"jsonrpc":"2.0","error":${JSON.stringify(obj)},"id":${idText(id)}}`;
 }
 

@@ -4,8 +4,15 @@ import { boundAgents, principalId } from '../core/identity.js';
 import type { Instrumentation } from '../core/instrumentation.js';
 import type { Logger } from '../core/logger.js';
 import { engineError } from '../core/opaque-error.js';
-import { ASAPError, ErrorCode } from '../protocol/errors.js';
-import { decodeFrame, encodeError } from '../protocol/jsonrpc.js';
+import { ASAPError, ErrorCode, type JsonRpcErrorObject } from '../protocol/errors.js';
+import {
+  decodeFrame,
+  encodeError,
+  type JsonRpcId,
+  METHOD_SEND,
+  type RequestFrame,
+} from '../protocol/jsonrpc.js';
+import { normalizePayloadType } from '../protocol/payloads.js';
 import { type AuthCheck, bearerFromHeader } from './auth.js';
 import type { Drain } from './drain.js';
 import {
@@ -36,6 +43,67 @@ export interface HttpBindingDeps {
 }
 
 const JSON_TYPE = 'application/json';
+const SSE_TYPE = 'text/event-stream';
+
+/** Transport versions of asap-wire.md §11 (`ASAP-Version`; not the envelopes' `asap_version`). */
+export const SUPPORTED_TRANSPORT_VERSIONS: readonly string[] = Object.freeze(['2.1', '2.2']);
+/** The version assumed when a request names none, and answered when it names none we speak. */
+export const DEFAULT_TRANSPORT_VERSION = '2.2';
+
+/**
+ * §11 negotiation: the first supported entry of a comma-separated `ASAP-Version` (absent or
+ * blank: the default); `requested` (the value as sent) when none is supported.
+ */
+export function negotiateVersion(
+  header: string | string[] | undefined,
+): { ok: true; version: string } | { ok: false; requested: string } {
+  const value = Array.isArray(header) ? header.join(', ') : header;
+  if (value === undefined || value.trim() === '') return { ok: true, version: DEFAULT_TRANSPORT_VERSION };
+  for (const part of value.split(',')) {
+    const v = part.trim();
+    if (SUPPORTED_TRANSPORT_VERSIONS.includes(v)) return { ok: true, version: v };
+  }
+  return { ok: false, requested: value };
+}
+
+/** True when the Accept header lists `text/event-stream` (without `q=0`). */
+export function acceptsEventStream(accept: string | undefined): boolean {
+  if (accept === undefined) return false;
+  return accept.split(',').some((range) => {
+    const [type, ...params] = range.split(';');
+    if (type!.trim().toLowerCase() !== SSE_TYPE) return false;
+    return !params.some((p) => /^\s*q\s*=\s*0(\.0*)?\s*$/i.test(p));
+  });
+}
+
+const RESULT_PREFIX = '{"jsonrpc":"2.0","result":{"envelope":';
+const ERROR_PREFIX = '{"jsonrpc":"2.0","error":';
+const idText = (id: JsonRpcId | null): string => (typeof id === 'number' ? String(id) : JSON.stringify(id));
+
+/**
+ * The envelope JSON of an encoded `asap.send` answer (`{"jsonrpc":"2.0","result":{"envelope":E},"id":ID}`,
+ * the form the dispatcher writes chunks and final answers in), cut out without parsing it again;
+ * undefined for anything else (an error, a null envelope).
+ */
+function envelopeText(frame: string, suffix: string): string | undefined {
+  if (frame.startsWith(RESULT_PREFIX) && frame.endsWith(suffix)) {
+    const e = frame.slice(RESULT_PREFIX.length, frame.length - suffix.length);
+    return e === 'null' ? undefined : e;
+  }
+  return undefined;
+}
+
+/** The error object of an encoded error answer, or undefined when `frame` is not one. */
+function errorObject(frame: string): JsonRpcErrorObject | undefined {
+  if (!frame.startsWith(ERROR_PREFIX)) return undefined;
+  return (JSON.parse(frame) as { error: JsonRpcErrorObject }).error;
+}
+
+/** True when an envelope (as JSON text) is a TaskStream, however its payload_type is spelled. */
+function isStreamEnvelope(text: string): boolean {
+  const type = (JSON.parse(text) as { payload_type?: unknown }).payload_type;
+  return typeof type === 'string' && normalizePayloadType(type) === 'taskstream';
+}
 
 const noWrite = (): void => {};
 const noPush = (): Promise<void> => Promise.resolve();
@@ -61,7 +129,12 @@ function isJsonContentType(header: string | undefined): boolean {
 
 /** The HTTP binding of asap-wire.md §4: POST /asap, the manifest and health. */
 export class HttpBinding {
-  constructor(private readonly host: HttpBindingDeps) {}
+  /** `POST <rpcPath>/stream`: one request answered as Server-Sent Events (§11). */
+  readonly streamPath: string;
+
+  constructor(private readonly host: HttpBindingDeps) {
+    this.streamPath = `${host.rpcPath.replace(/\/$/, '')}/stream`;
+  }
 
   /**
    * The Origin check of asap-wire.md §10 for a request to one of our routes
@@ -102,13 +175,27 @@ export class HttpBinding {
   handle(req: IncomingMessage, res: ServerResponse): boolean {
     const path = (req.url ?? '/').split('?', 1)[0];
     const h = this.host;
-    const ours = path === h.rpcPath || path === h.manifestPath || path === h.healthPath;
-    if (ours && !this.admit(req, res, path === h.rpcPath)) return true;
-    if (path === h.rpcPath) {
+    const stream = path === this.streamPath;
+    const rpc = stream || path === h.rpcPath;
+    const ours = rpc || path === h.manifestPath || path === h.healthPath;
+    // §11: every answer of the JSON-RPC routes says which transport version it speaks.
+    const version = rpc ? negotiateVersion(req.headers['asap-version']) : undefined;
+    if (version !== undefined)
+      res.setHeader('asap-version', version.ok ? version.version : DEFAULT_TRANSPORT_VERSION);
+    if (ours && !this.admit(req, res, rpc)) return true;
+    if (rpc) {
       if (req.method !== 'POST') {
         sendJson(res, 405, encodeError(null, ASAPError.invalidRequest('Use POST')), { allow: 'POST' });
+      } else if (!version!.ok) {
+        // No version we speak: refused before anything else runs (as the reference's middleware does).
+        req.resume();
+        const err = ASAPError.invalidState(`Unsupported ASAP-Version: ${version!.requested}`, {
+          requested: version!.requested,
+          supported: [...SUPPORTED_TRANSPORT_VERSIONS],
+        });
+        sendJson(res, 200, encodeError(null, err));
       } else {
-        void this.rpc(req, res);
+        void this.rpc(req, res, stream);
       }
       return true;
     }
@@ -126,7 +213,7 @@ export class HttpBinding {
     return false;
   }
 
-  private async rpc(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  private async rpc(req: IncomingMessage, res: ServerResponse, streamRoute: boolean): Promise<void> {
     const h = this.host;
     const done = h.drain.begin();
     try {
@@ -172,6 +259,25 @@ export class HttpBinding {
         );
         return;
       }
+      if (streamRoute || acceptsEventStream(req.headers.accept)) {
+        if (frame.kind === 'request' && frame.method === METHOD_SEND) {
+          await this.stream(frame, req, res, streamRoute, auth.principal);
+          return;
+        }
+        // Input that is no JSON-RPC message is answered by the dispatcher (-32700/-32600), as on /asap.
+        if (streamRoute && frame.kind !== 'invalid') {
+          this.host.instrumentation?.rejected?.('validation', ErrorCode.InvalidRequest);
+          sendJson(
+            res,
+            200,
+            encodeError(
+              null,
+              ASAPError.invalidRequest(`${this.streamPath} takes one ${METHOD_SEND} request`),
+            ),
+          );
+          return;
+        }
+      }
       // A lone request refused for a missing scope is answered 403, as the reference's middleware does.
       let forbidden: string | undefined;
       const session: Session =
@@ -203,8 +309,105 @@ export class HttpBinding {
     } catch (err) {
       const e = engineError(h.logger, err, { route: h.rpcPath });
       if (!res.headersSent) sendJson(res, 500, encodeError(null, e));
+      else if (!res.writableEnded) res.end(`event: error\ndata: ${JSON.stringify(e.toWire())}\n\n`);
     } finally {
       done();
+    }
+  }
+
+  /**
+   * §11: runs one `asap.send` request through the dispatcher with an interactive session whose
+   * chunks become SSE events (`data: <envelope JSON>`), honouring the socket's backpressure; the
+   * final answer is the last event, or `event: error` once the stream started. Nothing is sent
+   * until the first chunk or the answer, so an error before that is a plain JSON-RPC answer. On
+   * `POST /asap` (Accept: text/event-stream) only a streaming handler is answered as a stream.
+   * A caller that goes away sets `closed`, which stops the stream at its next chunk (the
+   * handler's signal aborts) and releases a write waiting for 'drain'.
+   */
+  private async stream(
+    frame: RequestFrame,
+    req: IncomingMessage,
+    res: ServerResponse,
+    streamRoute: boolean,
+    principal: unknown,
+  ): Promise<void> {
+    const suffix = `},"id":${idText(frame.id)}}`;
+    let started = false;
+    let waiting: Promise<void> | undefined;
+    let wake: (() => void) | undefined;
+    let forbidden: string | undefined;
+    const start = () => {
+      started = true;
+      res.writeHead(200, {
+        'content-type': SSE_TYPE,
+        'cache-control': 'no-cache',
+        'x-accel-buffering': 'no',
+      });
+    };
+    const session: Session & { closed: boolean } = {
+      transport: 'http',
+      interactive: true,
+      writeAcks: false,
+      closed: false,
+      ...(principal === undefined
+        ? {}
+        : { principal, callerId: principalId(principal), agents: boundAgents(principal) }),
+      write: (text) => {
+        if (session.closed) return undefined;
+        const env = envelopeText(text, suffix);
+        if (env === undefined) return undefined;
+        if (!started) start();
+        if (res.write(`data: ${env}\n\n`) || waiting !== undefined) return waiting;
+        waiting = new Promise<void>((resolve) => {
+          wake = () => {
+            waiting = undefined;
+            wake = undefined;
+            res.off('drain', onDrain);
+            resolve();
+          };
+          const onDrain = () => wake?.();
+          res.on('drain', onDrain);
+        });
+        return waiting;
+      },
+      push: noPush,
+      onInsufficientScope: (scope) => {
+        forbidden ??= scope;
+      },
+    };
+    const onClose = () => {
+      if (res.writableFinished) return;
+      session.closed = true;
+      wake?.();
+    };
+    res.on('close', onClose);
+    req.on('close', onClose);
+    try {
+      const answer = await this.host.dispatcher.handle(frame, session);
+      if (session.closed || answer === undefined) return;
+      const env = envelopeText(answer, suffix);
+      if (started) {
+        const err = env === undefined ? errorObject(answer) : undefined;
+        res.end(
+          err === undefined
+            ? env === undefined
+              ? ''
+              : `data: ${env}\n\n`
+            : `event: error\ndata: ${JSON.stringify(err)}\n\n`,
+        );
+      } else if (env !== undefined && (streamRoute || isStreamEnvelope(env))) {
+        start();
+        res.end(`data: ${env}\n\n`);
+      } else if (forbidden !== undefined) {
+        sendJson(res, 403, answer, {
+          'www-authenticate': `Bearer error="insufficient_scope", scope="${forbidden}"`,
+        });
+      } else {
+        sendJson(res, 200, answer);
+      }
+    } finally {
+      res.off('close', onClose);
+      req.off('close', onClose);
     }
   }
 

@@ -27,7 +27,10 @@ export function buildManifest(
       asap_version: ASAP_VERSION,
       skills,
       state_persistence: false,
-      streaming: endpoints.events !== undefined,
+      // Streams are served over HTTP too (SSE at `<asap>/stream`, asap-wire.md §11), WebSocket or not.
+      // The reference's Endpoint schema has no field for that URL (only `asap` and `events`, no
+      // additional properties), so it is not advertised: it is always `endpoints.asap` + `/stream`.
+      streaming: true,
       mcp_tools: [],
       ...init.capabilities,
     },

@@ -117,7 +117,13 @@ describe('asap send (child process against asap serve)', () => {
   it('--skill fail: exit 1, the error on stdout, a one-line message on stderr', async () => {
     const r = await send(`${open.http}/asap`, '--skill', 'fail', '--input', '{"message":"kaboom"}');
     expect(r.code).toBe(1);
-    expect(JSON.parse(r.stdout)).toEqual({ error: { code: -32603, message: 'kaboom' } });
+    expect(JSON.parse(r.stdout)).toEqual({
+      error: {
+        code: -32603,
+        message: 'kaboom',
+        data: { recoverable: false, asap_taxonomy_code: 'asap:rpc/remote_error' },
+      },
+    });
     expect(oneLine(r.stderr)).toBe('asap send: error -32603: kaboom');
   });
 
@@ -301,7 +307,13 @@ describe('asap send (in-process run against in-process demo agents)', () => {
     for (const [url, input, message] of cases) {
       const r = await send(url, '--skill', 'fail', '--input', input);
       expect(r.code).toBe(1);
-      expect(JSON.parse(r.stdout)).toEqual({ error: { code: -32603, message } });
+      expect(JSON.parse(r.stdout)).toEqual({
+        error: {
+          code: -32603,
+          message,
+          data: { recoverable: false, asap_taxonomy_code: 'asap:rpc/remote_error' },
+        },
+      });
       expect(oneLine(r.stderr)).toBe(`asap send: error -32603: ${message}`);
     }
   });

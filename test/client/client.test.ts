@@ -106,7 +106,7 @@ describe('ASAPClient: tasks', () => {
     expect(plain.trace_id).toBeUndefined();
   });
 
-  it('streams over WebSocket chunk by chunk, and over HTTP only the final chunk', async () => {
+  it('streams chunk by chunk over WebSocket and over HTTP (SSE, asap-wire.md §11)', async () => {
     const d = await demo();
     const ws = client(d.ws);
     const chunks: Envelope<TaskStream>[] = [];
@@ -116,8 +116,8 @@ describe('ASAPClient: tasks', () => {
     const http = client(d.rpc);
     const overHttp: Envelope<TaskStream>[] = [];
     for await (const c of http.stream(http.taskEnvelope('stream', { chunks: 3 }))) overHttp.push(c);
-    expect(overHttp).toHaveLength(1);
-    expect(overHttp[0]?.payload).toMatchObject({ chunk: 'chunk-2', final: true, status: 'completed' });
+    expect(overHttp.map((c) => c.payload.chunk)).toEqual(['chunk-0', 'chunk-1', 'chunk-2']);
+    expect(overHttp[2]?.payload).toMatchObject({ final: true, status: 'completed' });
   });
 
   it('reports remote errors and timeouts on both transports', async () => {

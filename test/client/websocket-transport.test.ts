@@ -182,6 +182,8 @@ describe('WebSocketTransport: requests against the demo agent', () => {
     expect(invalid.message).toBe('input.ms must be a non-negative integer');
     expect(invalid.data).toEqual({
       validation_errors: [expect.objectContaining({ loc: ['payload', 'input', 'ms'], type: 'int_type' })],
+      recoverable: false,
+      asap_taxonomy_code: 'asap:protocol/malformed_envelope',
     });
     expect(t.inFlight).toBe(0);
     expect(t.state).toBe('open');

@@ -127,17 +127,17 @@ describe('error mapping (§3)', () => {
     )) as Answer;
     expect(a.id).toBe(9);
     expect(a.error?.code).toBe(-32601);
-    expect(a.error?.data).toEqual({ method: 'asap.frobnicate' });
+    expect(a.error?.data).toMatchObject({ method: 'asap.frobnicate' });
   });
 
   it('answers a payload type without handler with -32012 and data.payload_type', async () => {
     const { d } = make();
     const err = errorOf(await send(d, new FakeSession(false), envelope('state.query', { task_id: 't1' })));
     expect(err.code).toBe(-32012);
-    expect(err.data).toEqual({ payload_type: 'state.query' });
+    expect(err.data).toMatchObject({ payload_type: 'state.query' });
     const custom = errorOf(await send(d, new FakeSession(false), envelope('x.custom_thing', { any: 1 })));
     expect(custom.code).toBe(ErrorCode.HandlerNotFound);
-    expect(custom.data).toEqual({ payload_type: 'x.custom_thing' });
+    expect(custom.data).toMatchObject({ payload_type: 'x.custom_thing' });
   });
 
   it('answers a TaskRequest with -32012 when neither a handler nor skills exist', async () => {
@@ -152,7 +152,7 @@ describe('error mapping (§3)', () => {
       }),
     );
     const a = await send(d, new FakeSession(false), taskRequest('boom'));
-    expect(a?.error).toEqual({ code: -32603, message: 'kaboom' });
+    expect(a?.error).toMatchObject({ code: -32603, message: 'kaboom' });
     expect(JSON.stringify(a)).not.toMatch(/stack|at .*\.ts/);
   });
 
@@ -170,15 +170,15 @@ describe('error mapping (§3)', () => {
       });
     });
     const s = new FakeSession(false);
-    expect((await send(d, s, taskRequest('reject')))?.error).toEqual({
+    expect((await send(d, s, taskRequest('reject')))?.error).toMatchObject({
       code: -32603,
       message: 'async failure',
     });
-    expect((await send(d, s, taskRequest('string')))?.error).toEqual({
+    expect((await send(d, s, taskRequest('string')))?.error).toMatchObject({
       code: -32603,
       message: 'plain string',
     });
-    expect((await send(d, s, taskRequest('nothing')))?.error).toEqual({
+    expect((await send(d, s, taskRequest('nothing')))?.error).toMatchObject({
       code: -32603,
       message: 'Internal error',
       data: { error_id: expect.any(String) },
@@ -205,7 +205,7 @@ describe('error mapping (§3)', () => {
       const error = (await send(d, s, taskRequest(skill)))?.error as unknown as {
         data: { error_id: string };
       };
-      expect(error).toEqual({
+      expect(error).toMatchObject({
         code: -32603,
         message: 'Internal error',
         data: { error_id: expect.any(String) },
@@ -233,7 +233,11 @@ describe('error mapping (§3)', () => {
     );
     const s = new FakeSession(false);
     const lost = (await send(d, s, taskRequest('lost')))?.error as unknown as { data: { error_id: string } };
-    expect(lost).toEqual({ code: -32603, message: 'Internal error', data: { error_id: expect.any(String) } });
+    expect(lost).toMatchObject({
+      code: -32603,
+      message: 'Internal error',
+      data: { error_id: expect.any(String) },
+    });
     const line = logger.entries.find((l) => (l.obj as { error_id?: string }).error_id === lost.data.error_id);
     expect(JSON.stringify(line?.obj)).toMatch(/downstream/);
     expect((await send(d, s, taskRequest('slow')))?.error).toMatchObject({ code: ErrorCode.Timeout });
@@ -248,7 +252,7 @@ describe('error mapping (§3)', () => {
       { exposeHandlerErrors: false },
     );
     const error = (await send(d, new FakeSession(false), taskRequest('fail')))?.error;
-    expect(error).toEqual({
+    expect(error).toMatchObject({
       code: -32603,
       message: 'Internal error',
       data: { error_id: expect.any(String) },
@@ -265,7 +269,7 @@ describe('error mapping (§3)', () => {
       { logger },
     );
     const a = await send(d, new FakeSession(false), taskRequest('refuse'));
-    expect(a?.error).toEqual({ code: -32000, message: 'Not now', data: { state: 'busy' } });
+    expect(a?.error).toMatchObject({ code: -32000, message: 'Not now', data: { state: 'busy' } });
     expect(logger.messages('warn')).toContain('handler refused the request');
     expect(logger.messages('error')).not.toContain('handler failed');
   });
@@ -477,7 +481,7 @@ describe('TaskCancel', () => {
     const a = await send(d, new FakeSession(false), envelope('TaskCancel', { task_id: 'nope' }));
     const err = errorOf(a);
     expect(err.code).toBe(-32010);
-    expect(err.data).toEqual({ task_id: 'nope' });
+    expect(err.data).toMatchObject({ task_id: 'nope' });
   });
 
   it('cannot cancel a task that already finished', async () => {
@@ -811,7 +815,7 @@ describe('streaming', () => {
     );
     const s = new FakeSession(true);
     const a = await send(d, s, taskRequest('stream'));
-    expect(a?.error).toEqual({ code: -32603, message: 'stream broke' });
+    expect(a?.error).toMatchObject({ code: -32603, message: 'stream broke' });
     expect(s.writes).toHaveLength(1);
   });
 });

@@ -94,7 +94,7 @@ describe('the dispatcher’s scope check', () => {
     const { d, logger } = make({ rejected: (reason, code) => events.push([reason, code]) });
     const s = new FakeSession(true, { id: 'alice', scopes: ['asap:read'] });
     const a = await send(d, s, taskRequest('echo', {}, { requires_ack: true }), 'r1');
-    expect(a).toEqual({
+    expect(a).toMatchObject({
       jsonrpc: '2.0',
       id: 'r1',
       error: {
@@ -157,7 +157,7 @@ describe('the dispatcher’s scope check', () => {
       agents: new Set(['urn:asap:agent:someone-else']),
     });
     const a = await send(d, s, taskRequest('echo'));
-    expect(a?.error?.data).toEqual({
+    expect(a?.error?.data).toMatchObject({
       error: 'Sender does not match authenticated identity',
       status_code: 403,
     });

@@ -11,6 +11,7 @@ import {
   RequestTimeoutError,
   toASAPError,
   toWireError,
+  withTaxonomy,
 } from '../../src/protocol/index.js';
 
 describe('ErrorCode (§3 table)', () => {
@@ -272,9 +273,9 @@ describe('local error classes', () => {
       expect(onWire).toBeInstanceOf(ASAPError);
       expect(onWire.local).toBe(false);
       expect(onWire.toJSON()).toStrictEqual(wire);
-      expect(err.toWire()).toStrictEqual(wire);
+      expect(err.toWire()).toStrictEqual(withTaxonomy(wire));
       expect(JSON.stringify(err.toWire())).not.toContain(err.message);
-      expect(toASAPError(err).toWire()).toStrictEqual(wire);
+      expect(toASAPError(err).toWire()).toStrictEqual(withTaxonomy(wire));
       expect(Object.values(ErrorCode)).toContain(err.toWire().code);
       expect(decodeFrame(encodeError(1, err))).toMatchObject({ kind: 'error', error: wire });
       // Its own form stays for logs and callers.

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ASAPError } from '../../src/protocol/errors.js';
+import { ASAPError, type JsonRpcErrorObject, withTaxonomy } from '../../src/protocol/errors.js';
 import {
   type BatchFrame,
   decodeFrame,
@@ -26,6 +26,16 @@ import {
   type RequestFrame,
   type SuccessFrame,
 } from '../../src/protocol/jsonrpc.js';
+
+/** The §11 taxonomy of the generic codes (-32700, -32600, -32601, -32603). */
+const GENERIC = { recoverable: false, asap_taxonomy_code: 'asap:rpc/remote_error' };
+
+/** A frame as it decodes after encoding: every error object with its taxonomy. */
+function wired<F extends Frame>(frame: F): F {
+  if (frame.kind === 'error') return { ...frame, error: withTaxonomy(frame.error as JsonRpcErrorObject) };
+  if (frame.kind === 'batch') return { ...frame, items: frame.items.map((i) => wired(i as Frame)) };
+  return frame;
+}
 
 const request = (id: unknown, extra: Record<string, unknown> = {}) =>
   JSON.stringify({ jsonrpc: '2.0', method: METHOD_SEND, params: { envelope: {} }, id, ...extra });
@@ -339,20 +349,28 @@ describe('encoders', () => {
       text: encodeError('a', ASAPError.methodNotFound('asap.nope')),
       json: {
         jsonrpc: '2.0',
-        error: { code: -32601, message: 'Method not found: asap.nope', data: { method: 'asap.nope' } },
+        error: {
+          code: -32601,
+          message: 'Method not found: asap.nope',
+          data: { method: 'asap.nope', ...GENERIC },
+        },
         id: 'a',
       },
       frame: {
         kind: 'error',
-        error: { code: -32601, message: 'Method not found: asap.nope', data: { method: 'asap.nope' } },
+        error: {
+          code: -32601,
+          message: 'Method not found: asap.nope',
+          data: { method: 'asap.nope', ...GENERIC },
+        },
         id: 'a',
       },
     },
     {
       name: 'encodeError with a plain error object',
       text: encodeError(null, { code: -32700, message: 'Parse error' }),
-      json: { jsonrpc: '2.0', error: { code: -32700, message: 'Parse error' }, id: null },
-      frame: { kind: 'error', error: { code: -32700, message: 'Parse error' }, id: null },
+      json: { jsonrpc: '2.0', error: { code: -32700, message: 'Parse error', data: GENERIC }, id: null },
+      frame: { kind: 'error', error: { code: -32700, message: 'Parse error', data: GENERIC }, id: null },
     },
   ])('$name produces JSON that decodes back', ({ text, json, frame }) => {
     expect(JSON.parse(text)).toStrictEqual(json);
@@ -376,12 +394,12 @@ describe('encoders', () => {
     const frame = decodeFrame(request(7, { jsonrpc: '1.0' }));
     expect(JSON.parse(encodeFrame(frame))).toEqual({
       jsonrpc: '2.0',
-      error: { code: -32600, message: 'Invalid request: jsonrpc must be "2.0"' },
+      error: { code: -32600, message: 'Invalid request: jsonrpc must be "2.0"', data: GENERIC },
       id: 7,
     });
     expect(JSON.parse(encodeFrame(decodeFrame('{')))).toEqual({
       jsonrpc: '2.0',
-      error: { code: -32700, message: 'Parse error: invalid JSON' },
+      error: { code: -32700, message: 'Parse error: invalid JSON', data: GENERIC },
       id: null,
     });
   });
@@ -397,7 +415,7 @@ describe('encoders', () => {
       { jsonrpc: '2.0', method: 'asap.send', params: { envelope: {} }, id: 1 },
       {
         jsonrpc: '2.0',
-        error: { code: -32600, message: 'Invalid request: expected a JSON-RPC object' },
+        error: { code: -32600, message: 'Invalid request: expected a JSON-RPC object', data: GENERIC },
         id: null,
       },
     ]);
@@ -488,8 +506,9 @@ describe('round trip (property-based)', () => {
     fc.assert(
       fc.property(arb, (frame) => {
         const text = encodeFrame(frame);
-        expect(decodeFrame(text)).toStrictEqual(frame);
-        expect(decodeValue(JSON.parse(text))).toStrictEqual(frame);
+        // Errors go out with the §11 taxonomy in their data.
+        expect(decodeFrame(text)).toStrictEqual(wired(frame));
+        expect(decodeValue(JSON.parse(text))).toStrictEqual(wired(frame));
       }),
       { numRuns: 200 },
     );

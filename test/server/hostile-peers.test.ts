@@ -295,7 +295,7 @@ describe('§10 sender binding', () => {
     const alice = await connect(wsUrl, undefined, { headers: { authorization: 'Bearer alice' } });
     const spoof = task('echo', {}, { sender: 'urn:asap:agent:bob', requires_ack: true });
     const r = await alice.call(spoof, 1);
-    expect(r.error).toEqual({
+    expect(r.error).toMatchObject({
       code: -32602,
       message: 'Sender does not match authenticated identity',
       data: { error: 'Sender does not match authenticated identity', status_code: 403 },

@@ -315,7 +315,7 @@ describe('POST /asap', () => {
     const res = await post(url, encodeRequest('asap.send', { envelope: task('echo') }, 1));
     expect(res.status).toBe(500);
     const a = (await res.json()) as RpcAnswer;
-    expect(a.error).toEqual({
+    expect(a.error).toMatchObject({
       code: -32603,
       message: 'Internal error',
       data: { error_id: expect.any(String) },
@@ -385,7 +385,7 @@ describe('bearer authentication', () => {
       expect(res.headers.get('www-authenticate')).toBe('Bearer');
       const a = (await res.json()) as RpcAnswer;
       expect(a.id).toBeNull();
-      expect(a.error).toEqual({ code: -32004, message });
+      expect(a.error).toMatchObject({ code: -32004, message });
     }
     const ok = await rpc(url, task('echo', { ok: 1 }), 1, { authorization: 'Bearer s3cret' });
     expect(resultPayload(ok).status).toBe('completed');
@@ -425,7 +425,10 @@ describe('bearer authentication', () => {
       const res = await post(url, body, { authorization: `Bearer ${token}` });
       expect(res.status).toBe(401);
       expect(res.headers.get('www-authenticate')).toBe('Bearer');
-      expect(((await res.json()) as RpcAnswer).error).toEqual({ code: -32004, message: 'Invalid token' });
+      expect(((await res.json()) as RpcAnswer).error).toMatchObject({
+        code: -32004,
+        message: 'Invalid token',
+      });
     }
     const ok = await rpc(url, task('whoami', {}, 'urn:asap:agent:guarded'), 1, {
       authorization: 'Bearer alice-token',
@@ -517,7 +520,8 @@ describe('GET /.well-known/asap/manifest.json', () => {
       capabilities: { streaming: boolean };
     };
     expect(Object.keys(manifest.endpoints)).toEqual(['asap']);
-    expect(manifest.capabilities.streaming).toBe(false);
+    // Streams still go over SSE at POST /asap/stream (§11).
+    expect(manifest.capabilities.streaming).toBe(true);
     expect(validateManifest(manifest).ok).toBe(true);
   });
 
@@ -562,7 +566,7 @@ describe('GET /.well-known/asap/manifest.json', () => {
     );
     expect(m.auth).toEqual({ schemes: ['oauth2'], oauth2: { token_url: 'https://auth.example/token' } });
     expect(m.capabilities.state_persistence).toBe(true);
-    expect(m.capabilities.streaming).toBe(false);
+    expect(m.capabilities.streaming).toBe(true);
     expect(m.ttl_seconds).toBe(60);
     expect(m.endpoints).toEqual({ asap: 'https://x.example/asap' });
     expect(validateManifest(m).ok).toBe(true);
@@ -667,7 +671,7 @@ describe('graceful shutdown (§9)', () => {
     expect(refused.headers.get('retry-after')).toBe('5');
     const err = ((await refused.json()) as RpcAnswer).error;
     expect(err?.code).toBe(-32040);
-    expect(err?.data).toEqual({ retry_after_ms: 5000 });
+    expect(err?.data).toMatchObject({ retry_after_ms: 5000 });
 
     const a = await inFlight;
     expect(a.id).toBe('slow');
@@ -731,9 +735,9 @@ describe('the demo agent over HTTP', () => {
   it('fail answers -32603 with the message, and the server keeps running', async () => {
     const { url } = await startDemo();
     const a = await rpc(url, task('fail', { message: 'planned failure' }));
-    expect(a.error).toEqual({ code: -32603, message: 'planned failure' });
+    expect(a.error).toMatchObject({ code: -32603, message: 'planned failure' });
     const d = await rpc(url, task('fail', {}));
-    expect(d.error).toEqual({ code: -32603, message: 'Task failed' });
+    expect(d.error).toMatchObject({ code: -32603, message: 'Task failed' });
     expect(resultPayload(await rpc(url, task('echo'))).status).toBe('completed');
   });
 

@@ -285,7 +285,7 @@ describe('jwtAuthenticator: agent binding', () => {
     const token = await sign(key);
     const peer = await connect(wsUrl, 'asap.v1', { headers: { authorization: `Bearer ${token}` } });
     const answer = await peer.call(task('echo', {}, { sender: 'urn:asap:agent:mallory' }));
-    expect(answer.error).toEqual({
+    expect(answer.error).toMatchObject({
       code: -32602,
       message: 'Sender does not match authenticated identity',
       data: { error: 'Sender does not match authenticated identity', status_code: 403 },
@@ -364,7 +364,7 @@ describe('jwtAuthenticator: scopes', () => {
     const token = await sign(key, { scope: 'asap:execute' });
     const peer = await connect(wsUrl, 'asap.v1', { headers: { authorization: `Bearer ${token}` } });
     const refused = await peer.call(stateQuery());
-    expect(refused.error).toEqual({
+    expect(refused.error).toMatchObject({
       code: -32602,
       message: 'Insufficient scope',
       data: { error: 'Insufficient scope', status_code: 403, required_scope: 'asap:read' },
@@ -377,7 +377,7 @@ describe('jwtAuthenticator: scopes', () => {
     const readOnly = await sign(key, { scope: 'asap:read' });
     const http = await post(url, readOnly, rpc(task('echo')));
     expect(http.status).toBe(403);
-    expect(http.json.error.data).toEqual({
+    expect(http.json.error.data).toMatchObject({
       error: 'Insufficient scope',
       status_code: 403,
       required_scope: 'asap:execute',

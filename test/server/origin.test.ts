@@ -197,7 +197,7 @@ describe('HTTP routes', () => {
     const rpc = await post(port, origin);
     expectRefused(rpc);
     expect(rpc.headers['content-type']).toBe('application/json');
-    expect(JSON.parse(rpc.body)).toEqual({
+    expect(JSON.parse(rpc.body)).toMatchObject({
       jsonrpc: '2.0',
       id: null,
       error: { code: -32600, message: 'Origin not allowed' },

@@ -145,7 +145,7 @@ describe('rate limit', () => {
     const errors = peer.frames.filter((f) => f.error !== undefined);
     expect(errors).toHaveLength(1);
     const [err] = errors;
-    expect(err.error).toEqual({
+    expect(err.error).toMatchObject({
       code: -32040,
       message: 'Rate limit exceeded',
       data: { limit_per_second: 5 },
@@ -207,7 +207,7 @@ describe('rate limit', () => {
     for (let i = 0; i < 30; i++) peer.request(task('echo'), i);
     expect((await peer.closed).code).toBe(1008);
     const err = peer.frames.find((f) => f.error !== undefined);
-    expect(err.error.data).toEqual({ limit_per_second: 10 });
+    expect(err.error.data).toMatchObject({ limit_per_second: 10 });
   });
 
   it('rateLimit 0 turns it off', async () => {
@@ -431,7 +431,7 @@ describe('graceful shutdown (§9)', () => {
 
     peer.send(rpcRequest(task('count', { key }), 'refused'));
     const refused = await peer.response('refused');
-    expect(refused.error).toEqual({
+    expect(refused.error).toMatchObject({
       code: -32040,
       message: 'Server shutting down',
       data: { retry_after_ms: 3000 },
