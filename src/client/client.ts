@@ -1,9 +1,11 @@
 import { createEnvelope, type Envelope, type EnvelopeInit } from '../protocol/envelope.js';
+import { ASAPError } from '../protocol/errors.js';
 import type { Health, Manifest } from '../protocol/manifest.js';
 import type { TaskRequest, TaskStream } from '../protocol/payloads.js';
 import type { JsonObject } from '../protocol/schema-util.js';
 import { baseUrlOf, HttpTransport, type HttpTransportOptions } from './http-transport.js';
 import { ConnectionPool } from './pool.js';
+import { isRecoverable, retryAfterMs } from './retry.js';
 import type { TokenSource } from './runtime.js';
 import type { RequestOptions, WebSocketTransport, WebSocketTransportOptions } from './websocket-transport.js';
 
@@ -25,6 +27,12 @@ export interface ASAPClientOptions {
   http?: Omit<HttpTransportOptions, 'token'>;
   /** A pool shared with other clients (not closed by `close()`); else the client keeps its own. */
   pool?: ConnectionPool;
+  /**
+   * Retries of requests that fail with an error the peer marks recoverable (same envelope, so
+   * nothing runs twice): `false` turns them off. Default 2 attempts, backoff from 200 ms, or the
+   * peer's `retry_after_ms`.
+   */
+  retry?: { attempts?: number; baseMs?: number } | false;
   /** Connections per target in the client's own pool (default 1). */
   poolSize?: number;
 }
@@ -33,6 +41,19 @@ export interface TaskOptions extends RequestOptions {
   conversationId?: string;
   config?: TaskRequest['config'];
   traceId?: string;
+}
+
+/** Waits `ms`, or until `signal` aborts (then resolves at once: the caller's request fails on its own). */
+function delay(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
 }
 
 /** Picks the transport a URL implies. */
@@ -97,10 +118,35 @@ export class ASAPClient {
     return this.pool.acquire(this.url);
   }
 
-  /** Sends an envelope and resolves with the response envelope. */
-  send(envelope: Envelope<object> | EnvelopeInit<object>, opts?: RequestOptions): Promise<Envelope<object>> {
-    if (this.http !== undefined) return this.http.request(envelope, opts);
-    return this.transport().request(envelope, opts);
+  /**
+   * Sends an envelope and resolves with the response envelope. An error the peer answers and marks
+   * recoverable (`data.recoverable`, asap-wire.md §11: rate limit, overload, shutting down,
+   * timeouts) is retried with the same envelope, so the server answers a copy it already ran from
+   * its dedupe store: `retry.attempts` times (default 2), after `retry_after_ms` when the peer says,
+   * else with backoff from `retry.baseMs` (default 200 ms).
+   */
+  async send(
+    envelope: Envelope<object> | EnvelopeInit<object>,
+    opts?: RequestOptions,
+  ): Promise<Envelope<object>> {
+    // One envelope (one id) for every attempt.
+    const env = 'id' in envelope && envelope.id ? (envelope as Envelope<object>) : createEnvelope(envelope);
+    const retry = this.opts.retry;
+    const attempts = retry === false ? 0 : (retry?.attempts ?? 2);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await (this.http !== undefined
+          ? this.http.request(env, opts)
+          : this.transport().request(env, opts));
+      } catch (err) {
+        // Only what the peer answered: a local failure (no answer, timeout) has its own handling
+        // (the WebSocket transport resends after a reconnect; a deadline is the caller's).
+        const peerSaidRetry = err instanceof ASAPError && !err.local && isRecoverable(err);
+        if (attempt >= attempts || !peerSaidRetry || opts?.signal?.aborted) throw err;
+        const base = retry === false ? 0 : (retry?.baseMs ?? 200);
+        await delay(retryAfterMs(err) ?? base * 2 ** attempt, opts?.signal);
+      }
+    }
   }
 
   /**
