@@ -5,6 +5,9 @@
 // Usage: node bench/asap-client-load.mjs '<json config>' — prints the result as JSON on stdout.
 //   { "mode": "ws",     "url": "ws://…/asap/ws", "conns": 1, "inflight": 64, "ack": false, "warmupMs": …, "windowMs": … }
 //   { "mode": "stream", "url": "ws://…/asap/ws", "chunks": 10000, "warmupMs": …, "windowMs": … }
+//   { "mode": "sse",    "url": "http://…/asap", "chunks": 10000, "warmupMs": …, "windowMs": … }
+//       (the same stream over HTTP: the client's HTTP transport, `client.stream()` over Server-Sent
+//       Events from `POST /asap/stream`, one stream after another)
 //   optional "dist": "bench/out/dist-snapshot" loads ASAPClient from there instead of ../dist/.
 // "ack": true runs the client as configured by default (it sets requires_ack on every TaskRequest and
 // tracks the acks); "ack": false passes `websocket.ack: false`, so no ack is requested, like the raw client.
@@ -26,6 +29,7 @@ let stopping = false;
 let inFlight = 0;
 
 function newClient() {
+  if (cfg.mode === 'sse') return new ASAPClient(cfg.url, { recipient: RECIPIENT, sender: SENDER });
   const websocket = { heartbeatIntervalMs: 0 };
   if (cfg.ack !== true) websocket.ack = false;
   return new ASAPClient(cfg.url, { recipient: RECIPIENT, sender: SENDER, websocket });
@@ -64,11 +68,13 @@ async function streamLoop(client) {
   }
 }
 
-const clients = Array.from({ length: cfg.mode === 'stream' ? 1 : cfg.conns }, newClient);
-await Promise.all(clients.map((c) => c.transport().connect()));
+const streaming = cfg.mode === 'stream' || cfg.mode === 'sse';
+const clients = Array.from({ length: streaming ? 1 : cfg.conns }, newClient);
+// Over HTTP there is no connection to open ahead (fetch opens and keeps its own).
+if (cfg.mode !== 'sse') await Promise.all(clients.map((c) => c.transport().connect()));
 const loops = [];
 for (const client of clients) {
-  if (cfg.mode === 'stream') loops.push(streamLoop(client));
+  if (streaming) loops.push(streamLoop(client));
   else for (let i = 0; i < cfg.inflight; i++) loops.push(echoLoop(client));
 }
 const result = await measureWindow(meter, cfg);

@@ -6,6 +6,8 @@
 //   { "mode": "ws",     "url": "ws://…/asap/ws", "conns": 32, "inflight": 8, "ack": false, "warmupMs": 2000, "windowMs": 4000 }
 //   { "mode": "stream", "url": "ws://…/asap/ws", "chunks": 10000, "warmupMs": …, "windowMs": … }
 //   { "mode": "http",   "url": "http://…/asap", "conns": 32, "warmupMs": …, "windowMs": … }
+//   { "mode": "sse",    "url": "http://…/asap/stream", "chunks": 10000, "warmupMs": …, "windowMs": … }
+//       (the stream of row 7 over Server-Sent Events: one POST after another on a keep-alive socket)
 //   { "mode": "idle",   "url": "ws://…/asap/ws", "stages": [1000, 5000] }
 //       (opens that many connections in stages, reports after each and holds them until told to go on / stop)
 import { Agent, request } from 'node:http';
@@ -104,6 +106,101 @@ async function runStream() {
   return result;
 }
 
+// ---- SSE: the same stream over `POST /asap/stream`, one response after another ----
+
+/**
+ * One `data:` event per chunk, split out of the response with the least a client must do: cut lines
+ * at `\n` (a trailing `\r` dropped), gather the `data:` lines of an event, and at the blank line that
+ * ends it parse the JSON and check it, as the WebSocket stream client does with each frame. Other
+ * fields (`event:`, `id:`, comments) are skipped; an `event: error` or a JSON-RPC error counts as an error.
+ */
+async function runSse() {
+  const url = new URL(cfg.url);
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  let active = false;
+  const startStream = () => {
+    active = true;
+    const id = nextId++;
+    const env = makeEnvelope({ skill: 'stream', input: { chunks: cfg.chunks, interval_ms: 0 } });
+    const body = requestText(env, id);
+    let done = false; // the final chunk (or an error) was read
+    let over = false;
+    /** The response ended (or failed): an error unless the final chunk came; then the next stream. */
+    const end = (err) => {
+      if (over) return;
+      over = true;
+      if (err !== undefined) process.stderr.write(`sse request failed: ${err.message}\n`);
+      if (!done) meter.errors++;
+      active = false;
+      if (!stopping) setTimeout(startStream, err === undefined ? 0 : 10);
+    };
+    const req = request(
+      {
+        agent,
+        host: url.hostname,
+        port: url.port,
+        path: url.pathname,
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          accept: 'text/event-stream',
+          'asap-version': '2.2',
+          'content-length': Buffer.byteLength(body),
+        },
+      },
+      (res) => {
+        if (res.statusCode !== 200 || !/^text\/event-stream/.test(res.headers['content-type'] ?? '')) {
+          process.stderr.write(`sse: status ${res.statusCode}, ${res.headers['content-type']}\n`);
+          res.resume();
+          res.on('end', () => end());
+          return;
+        }
+        res.setEncoding('utf8');
+        let rest = '';
+        let data = '';
+        let isError = false;
+        const event = () => {
+          const msg = JSON.parse(data);
+          data = '';
+          const payload = msg.payload ?? msg.result?.envelope?.payload;
+          if (isError || payload === undefined) {
+            meter.errors++;
+            done = true;
+          } else if (payload.final === true) done = true;
+          isError = false;
+          meter.record();
+        };
+        res.on('data', (text) => {
+          rest += text;
+          let from = 0;
+          for (let nl = rest.indexOf('\n'); nl !== -1; nl = rest.indexOf('\n', from)) {
+            let line = rest.slice(from, nl);
+            from = nl + 1;
+            if (line.endsWith('\r')) line = line.slice(0, -1);
+            if (line === '') {
+              if (data !== '') event();
+            } else if (line.startsWith('data:')) {
+              const v = line.charCodeAt(5) === 32 ? line.slice(6) : line.slice(5);
+              data = data === '' ? v : `${data}\n${v}`;
+            } else if (line === 'event: error' || line === 'event:error') isError = true;
+          }
+          rest = rest.slice(from);
+        });
+        res.on('end', () => end());
+        res.on('error', end);
+      },
+    );
+    req.on('error', end);
+    req.end(body);
+  };
+  startStream();
+  const result = await measureWindow(meter, cfg);
+  stopping = true;
+  await drain(() => (active ? 1 : 0), 10_000);
+  agent.destroy();
+  return result;
+}
+
 // ---- HTTP: `conns` concurrent requests on a keep-alive agent with as many sockets ----
 
 async function runHttp() {
@@ -186,7 +283,7 @@ async function runIdle() {
   return { opened: sockets.length, failed, ms: performance.now() - t0 };
 }
 
-const runners = { ws: runWs, stream: runStream, http: runHttp, idle: runIdle };
+const runners = { ws: runWs, stream: runStream, sse: runSse, http: runHttp, idle: runIdle };
 const runner = runners[cfg.mode];
 if (runner === undefined) throw new Error(`unknown mode ${cfg.mode}`);
 finish(await runner());

@@ -6,6 +6,9 @@
 // keeps the raw numbers but leaves RESULTS.md alone, which always holds a whole run.
 // Rows 10 and 11 are rows 2 and 3 against `asap serve --redis`, with a redis-server of the bench's own
 // on the server core; they are skipped (with a note) when redis-server is not installed.
+// Row 12 is row 7's stream over Server-Sent Events (`POST /asap/stream`); it has no baseline of its
+// own: it runs right after row 7 in every repeat (`--only 12` runs row 7 too) and is reported as a
+// ratio to row 7's runs of the same repeat (the baseline ws stream, and asap serve over WebSocket).
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -79,7 +82,7 @@ const only = (() => {
       .map((x) => x.trim())
       .filter(Boolean),
   );
-  const known = ['1', '2', '3', '4', '4a', '4b', '5', '6', '7', '8', '9', '10', '11'];
+  const known = ['1', '2', '3', '4', '4a', '4b', '5', '6', '7', '8', '9', '10', '11', '12'];
   const unknown = [...ids].filter((x) => !known.includes(x));
   if (ids.size === 0 || unknown.length > 0) {
     process.stderr.write(`--only takes row ids among ${known.join(',')}; got ${value}\n`);
@@ -87,11 +90,19 @@ const only = (() => {
   }
   return ids;
 })();
-const want = (id) => only === null || only.has(id) || only.has(id.replace(/[ab]$/, ''));
+const want = (id) =>
+  only === null ||
+  only.has(id) ||
+  only.has(id.replace(/[ab]$/, '')) ||
+  // Row 12 is measured against row 7 of the same run.
+  (id === '7' && only.has('12'));
 
 // ---- what is measured ----
 
-/** Rows 1–4, 6, 7 (row 5, memory, is measured apart). */
+/**
+ * Rows 1–4, 6, 7, 12 (row 5, memory, is measured apart). `ref`: a row without a baseline of its own,
+ * compared with that row's runs of the same repeat (its baseline, and its variant of the same name).
+ */
 const ROWS = [
   { id: '1', name: '1 conn × 1 in flight', load: { mode: 'ws', conns: 1, inflight: 1, ack: false } },
   { id: '2', name: '1 conn × 64 in flight', load: { mode: 'ws', conns: 1, inflight: 64, ack: false } },
@@ -108,7 +119,24 @@ const ROWS = [
   },
   { id: '6', name: 'HTTP keep-alive, 32 concurrent', load: { mode: 'http', conns: 32 }, http: true },
   { id: '7', name: 'stream of 10,000 chunks', load: { mode: 'stream', chunks: 10_000 }, unit: 'chunks/s' },
+  {
+    id: '12',
+    name: 'stream of 10,000 chunks over SSE',
+    load: { mode: 'sse', chunks: 10_000 },
+    unit: 'chunks/s',
+    sse: true,
+    ref: '7',
+  },
 ];
+/** The variants a row runs (keys of VARIANTS): no ASAPClient on the HTTP row, no baseline on SSE. */
+const rowVariants = (row) =>
+  row.sse ? ['ours', 'stack'] : row.http ? ['base', 'ours'] : ['base', 'ours', 'stack'];
+/** The URL a variant's load generator is given (HOST:PORT as printed by the server). */
+function loadUrl(row, variant, httpBase, wsUrl) {
+  // The raw client posts to the stream endpoint itself; ASAPClient is given its `/asap` endpoint.
+  if (row.sse) return variant === 'stack' ? `${httpBase}/asap` : `${httpBase}/asap/stream`;
+  return row.http ? `${httpBase}/asap` : wsUrl;
+}
 
 /**
  * Rows 10 and 11: rows 2 and 3 against `asap serve --redis` (dedupe outcomes, nonces, sessions and
@@ -128,8 +156,18 @@ const VARIANTS = {
     client: 'load-client.mjs',
     server: (row) => (row.http ? 'base-http' : 'base-ws'),
   },
-  ours: { label: 'asap serve ← raw client', client: 'load-client.mjs', server: () => 'asap' },
-  stack: { label: 'asap serve ← ASAPClient', client: 'asap-client-load.mjs', server: () => 'asap' },
+  ours: {
+    label: 'asap serve ← raw client',
+    sseLabel: 'asap serve SSE ← raw http client',
+    client: 'load-client.mjs',
+    server: () => 'asap',
+  },
+  stack: {
+    label: 'asap serve ← ASAPClient',
+    sseLabel: 'asap serve SSE ← ASAPClient (http)',
+    client: 'asap-client-load.mjs',
+    server: () => 'asap',
+  },
   // Rows 10 and 11 only; its server (asap serve --redis) and redis-server are started by runRedisRows.
   redis: { label: 'asap serve --redis ← raw client', client: 'load-client.mjs', server: () => 'asap-redis' },
 };
@@ -474,18 +512,17 @@ async function main() {
     try {
       for (const row of rows) {
         runs[row.id] ??= {};
-        const keys = ['base', 'ours', 'stack'].filter((v) => !(row.http && v === 'stack'));
-        for (const v of order(keys, r)) {
+        for (const v of order(rowVariants(row), r)) {
           const variant = VARIANTS[v];
           const server = servers[variant.server(row)];
-          const url = row.http ? `${server.httpBase}/asap` : server.wsUrl;
+          const url = loadUrl(row, v, server.httpBase, server.wsUrl);
           const cfg = { ...row.load, url, warmupMs: CFG.warmupMs, windowMs: CFG.windowMs };
           if (variant.client === 'asap-client-load.mjs') cfg.dist = distDir;
           const res = await runLoad(variant.client, cfg, server);
           runs[row.id][v] ??= [];
           runs[row.id][v].push(res);
           log(
-            `row ${row.id.padEnd(2)} ${variant.label.padEnd(24)} ${fmtInt(res.perSecond).padStart(8)}/s  ` +
+            `row ${row.id.padEnd(2)} ${(row.sse ? variant.sseLabel : variant.label).padEnd(24)} ${fmtInt(res.perSecond).padStart(8)}/s  ` +
               `srv ${fmt1(res.serverCpuPerOpUs).padStart(6)} µs/op ${fmt1(res.serverCpuPct).padStart(5)}% ` +
               `cli ${fmt1(res.clientCpuPct).padStart(5)}% other ${fmt1(res.otherCpuPct).padStart(5)}%` +
               `${res.errors ? `  ${res.errors} errors` : ''}`,
@@ -517,12 +554,10 @@ async function main() {
     }
   }
   for (const row of [...rows, ...redisRows]) {
-    const variants = redisRows.includes(row) ? REDIS_VARIANTS : ['base', 'ours', 'stack'];
-    const scripts = new Set(
-      variants.filter((v) => !(row.http && v === 'stack')).map((v) => VARIANTS[v].client),
-    );
-    for (const script of scripts) {
-      const url = row.http ? 'http://HOST:PORT/asap' : 'ws://HOST:PORT/asap/ws';
+    const variants = redisRows.includes(row) ? REDIS_VARIANTS : rowVariants(row);
+    const scripts = new Map(variants.map((v) => [VARIANTS[v].client, v]));
+    for (const [script, v] of scripts) {
+      const url = loadUrl(row, v, 'http://HOST:PORT', 'ws://HOST:PORT/asap/ws');
       const cfg = { ...row.load, url, warmupMs: CFG.warmupMs, windowMs: CFG.windowMs };
       if (script === 'asap-client-load.mjs') cfg.dist = distDir;
       commands.set(`row ${row.id}, ${script}`, clientCommand(script, cfg));
@@ -641,7 +676,8 @@ async function main() {
   for (const row of rows) {
     agg[row.id] = {};
     for (const [v, list] of Object.entries(runs[row.id])) {
-      const base = runs[row.id].base;
+      // A row without a baseline of its own (12) takes its reference row's (7), repeat by repeat.
+      const base = runs[row.ref ?? row.id].base;
       const pick = (key) => median(list.map((x) => x[key]));
       agg[row.id][v] = {
         perSecond: pick('perSecond'),
@@ -659,6 +695,15 @@ async function main() {
         rateRatio: median(list.map((x, i) => x.perSecond / base[i].perSecond)),
         cpuRatio: median(list.map((x, i) => x.serverCpuPerOpUs / base[i].serverCpuPerOpUs)),
       };
+      if (row.ref !== undefined) {
+        // Row 12 ÷ row 7 in the same repeat: the raw client over WebSocket, and the same client over WebSocket.
+        const vs = (other) => ({
+          rate: median(list.map((x, i) => x.perSecond / other[i].perSecond)),
+          cpu: median(list.map((x, i) => x.serverCpuPerOpUs / other[i].serverCpuPerOpUs)),
+        });
+        agg[row.id][v].vsRaw = vs(runs[row.ref].ours);
+        agg[row.id][v].vsSame = vs(runs[row.ref][v]);
+      }
       if (agg[row.id][v].errors > 0)
         notes.push(`Row ${row.id}, ${VARIANTS[v].label}: ${agg[row.id][v].errors} errors.`);
     }
@@ -788,7 +833,9 @@ async function main() {
         ? row.http
           ? 'baseline http ← raw http client'
           : 'baseline ws ← raw client'
-        : VARIANTS[v].label;
+        : row.sse
+          ? VARIANTS[v].sseLabel
+          : VARIANTS[v].label;
       const rate = `${fmtInt(a.perSecond)}${row.unit ? ` ${row.unit}` : ''}`;
       lines.push(
         `| ${row.id} | ${row.name} | ${label} | ${rate} | ${isBase ? '1' : `${fmt2(a.rateRatio)}${mark(targetOf(row.id, v, 'rate'))}`} | ` +
@@ -796,6 +843,34 @@ async function main() {
           `${isBase ? '1' : `${fmt2(a.cpuRatio)}${mark(targetOf(row.id, v, 'cpu'))}`} | ${fmtInt(a.serverCpuPct)} | ${fmt1(a.clientCpuPerOp)} | ${fmtInt(a.clientCpuPct)} | ${fmtInt(a.otherCpuPct)} |`,
       );
     }
+  }
+
+  // Row 12: the stream over SSE next to row 7's over WebSocket (ratios per repeat, then the median).
+  const sseLines = [];
+  for (const row of rows.filter((x) => x.ref !== undefined)) {
+    const ref = agg[row.ref];
+    sseLines.push(
+      `| row | server ← client | chunks/s | × row ${row.ref} raw client (ws) | × row ${row.ref} same client (ws) | × baseline ws stream | ` +
+        `server CPU µs/chunk | × row ${row.ref} raw client (ws) | × row ${row.ref} same client (ws) | × baseline ws stream |`,
+      '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    );
+    for (const v of rowVariants(row)) {
+      const a = agg[row.id][v];
+      if (a === undefined) continue;
+      sseLines.push(
+        `| ${row.id} | ${VARIANTS[v].sseLabel} | ${fmtInt(a.perSecond)} | ${fmt2(a.vsRaw.rate)} | ${fmt2(a.vsSame.rate)} | ` +
+          `${fmt2(a.rateRatio)} | ${fmt1(a.cpuPerOp)} | ${fmt2(a.vsRaw.cpu)} | ${fmt2(a.vsSame.cpu)} | ${fmt2(a.cpuRatio)} |`,
+      );
+    }
+    sseLines.push(
+      '',
+      `Row ${row.id} is row ${row.ref}'s stream (10,000 TaskStream chunks, \`interval_ms: 0\`, one stream after another) ` +
+        'over Server-Sent Events: `POST /asap/stream`, one `data:` event per chunk. It has no baseline server of its own; ' +
+        `its ratios are to row ${row.ref}'s runs of the same repeat, run just before it: asap serve over WebSocket with the ` +
+        `raw client (${fmtInt(ref.ours.perSecond)} chunks/s, ${fmt1(ref.ours.cpuPerOp)} µs/chunk) and with the same client ` +
+        `(the ASAPClient: ${fmtInt(ref.stack?.perSecond)} chunks/s, ${fmt1(ref.stack?.cpuPerOp)} µs/chunk), and the ` +
+        `baseline ws stream (${fmtInt(ref.base.perSecond)} chunks/s, ${fmt1(ref.base.cpuPerOp)} µs/chunk).`,
+    );
   }
 
   // Rows 10 and 11: asap serve --redis, with redis-server's share of the server core beside it.
@@ -948,7 +1023,15 @@ async function main() {
       `| peak RSS growth, a client sending ${fmtInt(slowCfg.requests)} × 100 KiB echoes that never reads (asap serve) | ` +
         `${growthMiB === null ? 'n/a' : `${growthMiB.toFixed(1)} MiB`} | ≤ ${SLOW_TARGET_MIB} MiB (2 × the 4 MiB hard cap) | ${okMark(slowOk)} |`,
     );
-  const table = [rows.length > 0 ? lines : [], redisLines, memLines, fairLines, slowLines, targetLines]
+  const table = [
+    rows.length > 0 ? lines : [],
+    sseLines,
+    redisLines,
+    memLines,
+    fairLines,
+    slowLines,
+    targetLines,
+  ]
     .filter((t) => t.length > 0)
     .map((t) => t.join('\n'))
     .join('\n\n');
@@ -988,8 +1071,9 @@ ${redisWanted.length > 0 ? `| redis-server | ${info.redis ?? 'not installed'} |\
 
 ${table}
 
-rt/s = round trips (responses matched to their requests) per second; for row 7 it is TaskStream chunks per
-second and CPU is per chunk. "× base" is the median over repeats of (this run ÷ the baseline run of the same
+rt/s = round trips (responses matched to their requests) per second; for rows 7 and 12 it is TaskStream chunks
+per second and CPU is per chunk (row 12, SSE, has no baseline of its own: its "× base" is to row 7's baseline ws
+stream of the same repeat). "× base" is the median over repeats of (this run ÷ the baseline run of the same
 repeat). Targets are printed next to the ratios they apply to. Server CPU % and client CPU % are of one core
 each; client CPU µs/rt is the load generator's own cost per round trip. "Other CPU %" is what else ran on the
 two benchmark cores during the window (other processes on this shared machine, plus interrupt time not charged
@@ -1023,10 +1107,15 @@ ${notes.length > 0 ? `\n${notes.map((n) => `**Note:** ${n}`).join('\n\n')}\n` : 
   (\`bench/envelope.mjs\`: ULID id, timestamp, URNs, conversation_id, skill_id \`echo\`, a five-field input,
   trace_id), stringifies it, parses every frame and matches responses by JSON-RPC id; it ignores (counts)
   \`asap.ack\` notifications. The HTTP variant uses \`http.request\` on an \`Agent({keepAlive: true, maxSockets: 32})\`.
+  Its SSE variant (row 12) posts the stream request to \`/asap/stream\` (\`accept: text/event-stream\`,
+  \`asap-version: 2.2\`) with \`http.request\` on a keep-alive agent of one socket, one stream after another, cuts
+  the response into lines, gathers each event's \`data:\` lines and parses its JSON, as it parses each frame of the
+  WebSocket stream.
 - Whole stack (\`bench/asap-client-load.mjs\`): \`new ASAPClient(url, {recipient: 'urn:asap:agent:demo',
   websocket: {heartbeatIntervalMs: 0}})\`, one client per connection, \`client.send(envelope)\` loops. The client
   sets \`requires_ack\` on every TaskRequest by default; rows without acks pass \`websocket.ack: false\`, the
-  ack rows (4a, 4b) use the default.
+  ack rows (4a, 4b) use the default. Row 12: \`new ASAPClient('http://…/asap', {recipient, sender})\` (its HTTP
+  transport: fetch, \`client.stream()\` over SSE from \`/asap/stream\`), \`for await\` over one stream after another.
 - Server CPU: utime + stime of the server process from \`/proc/<pid>/stat\` (clock ticks, CLK_TCK = ${CLK_TCK}), read
   by the orchestrator when the load generator reports the start and the end of its window (the load keeps
   running until both reads are done), divided by the round trips completed in the window. The same method for
