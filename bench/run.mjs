@@ -672,26 +672,32 @@ async function main() {
   }
 
   // ---- aggregate: medians over repeats; ratios are medians of the per-repeat ratios ----
+  /** The medians over repeats of what every load run reports. */
+  const medians = (list) => {
+    const pick = (key) => median(list.map((x) => x[key]));
+    return {
+      perSecond: pick('perSecond'),
+      p50Us: pick('p50Us'),
+      p99Us: pick('p99Us'),
+      cpuPerOp: pick('serverCpuPerOpUs'),
+      probeCpuPerOp: pick('serverProbeCpuPerOpUs'),
+      serverCpuPct: pick('serverCpuPct'),
+      clientCpuPct: pick('clientCpuPct'),
+      clientCpuPerOp: median(list.map((x) => x.clientCpuUs / x.count)),
+      otherCpuPct: pick('otherCpuPct'),
+      errors: list.reduce((n, x) => n + x.errors, 0),
+      count: pick('count'),
+    };
+  };
   const agg = {};
   for (const row of rows) {
     agg[row.id] = {};
     for (const [v, list] of Object.entries(runs[row.id])) {
       // A row without a baseline of its own (12) takes its reference row's (7), repeat by repeat.
       const base = runs[row.ref ?? row.id].base;
-      const pick = (key) => median(list.map((x) => x[key]));
       agg[row.id][v] = {
-        perSecond: pick('perSecond'),
-        p50Us: pick('p50Us'),
-        p99Us: pick('p99Us'),
-        cpuPerOp: pick('serverCpuPerOpUs'),
-        probeCpuPerOp: pick('serverProbeCpuPerOpUs'),
-        serverCpuPct: pick('serverCpuPct'),
-        clientCpuPct: pick('clientCpuPct'),
-        clientCpuPerOp: median(list.map((x) => x.clientCpuUs / x.count)),
-        otherCpuPct: pick('otherCpuPct'),
-        errors: list.reduce((n, x) => n + x.errors, 0),
-        acks: pick('acks'),
-        count: pick('count'),
+        ...medians(list),
+        acks: median(list.map((x) => x.acks)),
         rateRatio: median(list.map((x, i) => x.perSecond / base[i].perSecond)),
         cpuRatio: median(list.map((x, i) => x.serverCpuPerOpUs / base[i].serverCpuPerOpUs)),
       };
@@ -712,20 +718,9 @@ async function main() {
     agg[row.id] = {};
     const base = runs[row.id].base;
     for (const [v, list] of Object.entries(runs[row.id])) {
-      const pick = (key) => median(list.map((x) => x[key]));
       const ratio = (f) => median(list.map((x, i) => f(x) / f(base[i])));
       const a = {
-        perSecond: pick('perSecond'),
-        p50Us: pick('p50Us'),
-        p99Us: pick('p99Us'),
-        cpuPerOp: pick('serverCpuPerOpUs'),
-        probeCpuPerOp: pick('serverProbeCpuPerOpUs'),
-        serverCpuPct: pick('serverCpuPct'),
-        clientCpuPct: pick('clientCpuPct'),
-        clientCpuPerOp: median(list.map((x) => x.clientCpuUs / x.count)),
-        otherCpuPct: pick('otherCpuPct'),
-        errors: list.reduce((n, x) => n + x.errors, 0),
-        count: pick('count'),
+        ...medians(list),
         repeats: list.length,
         rateRatio: ratio((x) => x.perSecond),
         p99Ratio: ratio((x) => x.p99Us),

@@ -13,12 +13,12 @@ import type {
 import type { ManualTimers } from '../../src/core/timers.js';
 import { ConnectionError } from '../../src/protocol/errors.js';
 import { PONG_FRAME } from '../../src/protocol/jsonrpc.js';
-import type { ASAPServerOptions } from '../../src/server/server.js';
 import { manualTimers, recordingFactory, tickUntil, watch, whileTicking } from '../support/manual-time.js';
 import {
   cleanup,
   HEARTBEAT_MS,
   makeTransport,
+  manualSetup,
   nextEvent,
   onCleanup,
   outcome,
@@ -41,18 +41,6 @@ function manualTransport(
   const transport = makeTransport(url, { timers, ...opts });
   onCleanup(() => whileTicking(timers, transport.close()));
   return transport;
-}
-
-/** `setup()` with the server and the client on the same manual timers. */
-async function manualSetup(
-  timers: ManualTimers,
-  clientOpts: WebSocketTransportOptions = {},
-  serverOpts: Partial<ASAPServerOptions> = {},
-): Promise<Awaited<ReturnType<typeof setup>>> {
-  const s = await setup({ timers, ...clientOpts }, { timers, ...serverOpts });
-  onCleanup(() => whileTicking(timers, s.server.close()));
-  onCleanup(() => whileTicking(timers, s.transport.close()));
-  return s;
 }
 
 afterEach(cleanup);

@@ -10,11 +10,13 @@ import { createDemoAgent } from '../../src/cli/demo-agent.js';
 import { nodeWebSocketFactory } from '../../src/client/node-runtime.js';
 import type { WebSocketFactory } from '../../src/client/runtime.js';
 import { WebSocketTransport, type WebSocketTransportOptions } from '../../src/client/websocket-transport.js';
+import type { ManualTimers } from '../../src/core/timers.js';
 import { createEnvelope, type Envelope } from '../../src/protocol/envelope.js';
 import { encodeNotification, encodeSuccess, METHOD_ACK } from '../../src/protocol/jsonrpc.js';
 import type { TaskRequest } from '../../src/protocol/payloads.js';
 import type { JsonObject } from '../../src/protocol/schema-util.js';
 import type { ASAPServer, ASAPServerOptions } from '../../src/server/server.js';
+import { whileTicking } from '../support/manual-time.js';
 import { TcpProxy } from '../support/tcp-proxy.js';
 
 export const CLIENT_URN = 'urn:asap:agent:chaos-client';
@@ -285,4 +287,16 @@ export function activeResources(): Record<string, number> {
   const counts: Record<string, number> = {};
   for (const name of process.getActiveResourcesInfo()) counts[name] = (counts[name] ?? 0) + 1;
   return counts;
+}
+
+/** `setup()` with the server and the client on the same manual timers; cleanup moves time on. */
+export async function manualSetup(
+  timers: ManualTimers,
+  clientOpts: WebSocketTransportOptions = {},
+  serverOpts: Partial<ASAPServerOptions> = {},
+): Promise<Awaited<ReturnType<typeof setup>>> {
+  const s = await setup({ timers, ...clientOpts }, { timers, ...serverOpts });
+  onCleanup(() => whileTicking(timers, s.server.close()));
+  onCleanup(() => whileTicking(timers, s.transport.close()));
+  return s;
 }

@@ -5,15 +5,12 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { WebSocketTransportOptions } from '../../src/client/websocket-transport.js';
-import type { ManualTimers } from '../../src/core/timers.js';
 import { ConnectionError, ErrorCode, RequestTimeoutError } from '../../src/protocol/errors.js';
-import type { ASAPServerOptions } from '../../src/server/server.js';
-import { manualTimers, tickUntil, watch, whileTicking } from '../support/manual-time.js';
+import { manualTimers, tickUntil, watch } from '../support/manual-time.js';
 import {
   cleanup,
+  manualSetup,
   nextEvent,
-  onCleanup,
   outcome,
   resultOf,
   setup,
@@ -22,18 +19,6 @@ import {
   waitFor,
   within,
 } from './helpers.js';
-
-/** `setup()` with the server and the client on the same manual timers. */
-async function manualSetup(
-  timers: ManualTimers,
-  clientOpts: WebSocketTransportOptions = {},
-  serverOpts: Partial<ASAPServerOptions> = {},
-): Promise<Awaited<ReturnType<typeof setup>>> {
-  const s = await setup({ timers, ...clientOpts }, { timers, ...serverOpts });
-  onCleanup(() => whileTicking(timers, s.server.close()));
-  onCleanup(() => whileTicking(timers, s.transport.close()));
-  return s;
-}
 
 afterEach(cleanup);
 
