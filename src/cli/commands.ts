@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ASAPClient } from '../client/index.js';
@@ -10,6 +10,53 @@ import type { JwtAuthenticator } from '../server/jwt.js';
 import { normalizeOrigin } from '../server/origin.js';
 import { createDemoAgent } from './demo-agent.js';
 import { createLogger, LOG_LEVELS, type LogLevel } from './logger.js';
+
+/**
+ * The version of this package: the `version` of the nearest package.json above this module (the
+ * package root from `dist/cli/` after a build and from `src/cli/` under tsx).
+ */
+export function packageVersion(): string {
+  let dir = new URL('./', import.meta.url);
+  for (let i = 0; i < 5; i++) {
+    const file = fileURLToPath(new URL('package.json', dir));
+    if (existsSync(file)) {
+      try {
+        const pkg = JSON.parse(readFileSync(file, 'utf8')) as { version?: unknown };
+        if (typeof pkg.version === 'string') return pkg.version;
+      } catch {
+        // Unreadable: look further up.
+      }
+    }
+    dir = new URL('../', dir);
+  }
+  return '0.0.0';
+}
+
+/**
+ * A one-line error for a URL given without its scheme (`127.0.0.1:8080`, `localhost:8080/asap/ws`),
+ * suggesting the `http://` and `ws://` spellings; undefined when the URL has a scheme.
+ */
+export function missingSchemeError(url: string, base = false): string | undefined {
+  // host, host:port or [v6]:port, then an optional path: no scheme (else the URL's own error speaks).
+  if (!/^([\w.-]+|\[[\da-f:.]+\])(:\d+)?(\/\S*)?$/i.test(url)) return undefined;
+  const hostPort = url.split('/')[0] ?? url;
+  return base
+    ? `${url} has no scheme: use http://${hostPort}`
+    : `${url} has no scheme: use http://${hostPort}/asap (HTTP) or ws://${hostPort}/asap/ws (WebSocket)`;
+}
+
+/** `: <result.error>` of a failed task, naming the skills that exist when it says so; else ''. */
+function failureDetail(result: unknown): string {
+  if (!isJsonObject(result) || typeof result.error !== 'string') return '';
+  const skills = result.available_skills;
+  const names = Array.isArray(skills) ? skills.filter((s): s is string => typeof s === 'string') : [];
+  return `: ${result.error}${names.length > 0 ? ` (available skills: ${names.join(', ')})` : ''}`;
+}
+
+/** The one-line message of a request that got no answer within `--timeout` seconds. */
+function timeoutMessage(seconds: number): string {
+  return `no response within ${seconds} s (--timeout)`;
+}
 
 /** A repeatable option's values, in order. */
 function collect(value: string, previous: string[]): string[] {
@@ -212,18 +259,28 @@ const NO_ANSWER: ReadonlySet<number> = new Set<number>([
   LocalErrorCode.RequestAborted,
 ]);
 
-function failureExit(err: unknown, command = 'send'): number {
+function failureExit(err: unknown, command = 'send', timeoutSeconds?: number): number {
   const e = err instanceof ASAPError ? err : new ConnectionError((err as Error).message);
   const noAnswer = e.local && NO_ANSWER.has(e.code);
   if (!noAnswer) {
     const shown = e.toJSON();
     process.stdout.write(`${JSON.stringify({ error: shown }, null, 2)}\n`);
   }
-  process.stderr.write(`asap ${command}: ${noAnswer ? '' : `error ${e.code}: `}${e.message}\n`);
+  // The deadline in the unit of the flag that set it, without the internal request id.
+  const message =
+    e.local && e.code === LocalErrorCode.RequestTimeout && timeoutSeconds !== undefined
+      ? timeoutMessage(timeoutSeconds)
+      : e.message;
+  process.stderr.write(`asap ${command}: ${noAnswer ? '' : `error ${e.code}: `}${message}\n`);
   return noAnswer ? 2 : 1;
 }
 
 async function send(url: string, o: SendOptions): Promise<number> {
+  const noScheme = missingSchemeError(url);
+  if (noScheme !== undefined) {
+    process.stderr.write(`asap send: ${noScheme}\n`);
+    return 2;
+  }
   let client: ASAPClient;
   try {
     client = new ASAPClient(url, {
@@ -249,12 +306,15 @@ async function send(url: string, o: SendOptions): Promise<number> {
       last = await client.send(envelope);
       process.stdout.write(`${JSON.stringify(last, null, 2)}\n`);
     }
-    const status = (last?.payload as { status?: unknown } | undefined)?.status;
+    const payload = last?.payload as { status?: unknown; result?: unknown } | undefined;
+    const status = payload?.status;
     if (status === 'completed') return 0;
-    process.stderr.write(`asap send: task ended with status ${String(status)}\n`);
+    process.stderr.write(
+      `asap send: task ended with status ${String(status)}${failureDetail(payload?.result)}\n`,
+    );
     return 1;
   } catch (err) {
-    return failureExit(err);
+    return failureExit(err, 'send', o.timeout);
   } finally {
     await client.close();
   }
@@ -264,6 +324,11 @@ async function discover(
   baseUrl: string,
   o: { token?: string; tokenCommand?: string; timeout: number },
 ): Promise<number> {
+  const noScheme = missingSchemeError(baseUrl, true);
+  if (noScheme !== undefined) {
+    process.stderr.write(`asap discover: ${noScheme}\n`);
+    return 2;
+  }
   let client: ASAPClient;
   try {
     client = new ASAPClient(baseUrl.replace(/^ws(s?):/, 'http$1:'), {
@@ -279,20 +344,23 @@ async function discover(
     process.stdout.write(`${JSON.stringify({ manifest, health }, null, 2)}\n`);
     return 0;
   } catch (err) {
-    return failureExit(err, 'discover');
+    return failureExit(err, 'discover', o.timeout);
   }
 }
 
 /** Parses argv and runs the command; resolves with the exit code. */
 export async function run(argv: string[]): Promise<number | undefined> {
   let code: number | undefined;
+  const version = packageVersion();
   const program = new Command('asap')
     .description('ASAP agent-to-agent protocol: run the demo agent, send tasks, discover agents')
+    .version(version, '-V, --version', 'print the version and exit')
     .showHelpAfterError()
     .exitOverride();
 
   program
     .command('serve')
+    .version(version, '--version', 'print the version and exit')
     .description('start the demo agent (HTTP and WebSocket on one port)')
     .option('--host <host>', 'listen address', '127.0.0.1')
     .option('--port <port>', 'listen port; 0 picks a free one', int('--port'), 8080)
@@ -383,6 +451,7 @@ export async function run(argv: string[]): Promise<number | undefined> {
 
   program
     .command('send')
+    .version(version, '--version', 'print the version and exit')
     .description('send one TaskRequest and print the response envelope')
     .argument('<url>', 'ws://HOST:PORT/asap/ws or http://HOST:PORT/asap')
     .option('--skill <id>', 'skill to run', 'echo')
@@ -399,6 +468,7 @@ export async function run(argv: string[]): Promise<number | undefined> {
 
   program
     .command('discover')
+    .version(version, '--version', 'print the version and exit')
     .description("print an agent's manifest and health")
     .argument('<base-url>', 'http://HOST:PORT')
     .option('--token <token>', 'bearer token')

@@ -1,7 +1,7 @@
 import { createEnvelope, type Envelope, type EnvelopeInit } from '../protocol/envelope.js';
-import { ASAPError } from '../protocol/errors.js';
+import { ASAPError, ConnectionError } from '../protocol/errors.js';
 import type { Health, Manifest } from '../protocol/manifest.js';
-import type { TaskRequest, TaskStream } from '../protocol/payloads.js';
+import type { TaskCancel, TaskRequest, TaskStream } from '../protocol/payloads.js';
 import type { JsonObject } from '../protocol/schema-util.js';
 import { baseUrlOf, HttpTransport, type HttpTransportOptions } from './http-transport.js';
 import { ConnectionPool } from './pool.js';
@@ -76,6 +76,7 @@ export class ASAPClient {
   private readonly ownsPool: boolean;
   private readonly sender: string;
   private readonly recipient: string;
+  private closed = false;
 
   constructor(
     readonly url: string,
@@ -115,6 +116,7 @@ export class ASAPClient {
   /** The WebSocket connection requests go to next (opening it if needed). */
   transport(): WebSocketTransport {
     if (this.pool === undefined) throw new Error('This client uses HTTP');
+    if (this.closed) throw new ConnectionError('Client is closed');
     return this.pool.acquire(this.url);
   }
 
@@ -129,6 +131,7 @@ export class ASAPClient {
     envelope: Envelope<object> | EnvelopeInit<object>,
     opts?: RequestOptions,
   ): Promise<Envelope<object>> {
+    if (this.closed) throw new ConnectionError('Client is closed');
     // One envelope (one id) for every attempt.
     const env = 'id' in envelope && envelope.id ? (envelope as Envelope<object>) : createEnvelope(envelope);
     const retry = this.opts.retry;
@@ -157,6 +160,7 @@ export class ASAPClient {
     envelope: Envelope<object> | EnvelopeInit<object>,
     opts?: RequestOptions,
   ): AsyncIterable<Envelope<TaskStream>> {
+    if (this.closed) throw new ConnectionError('Client is closed');
     if (this.http !== undefined) yield* this.http.stream(envelope, opts);
     else yield* this.transport().stream(envelope, opts);
   }
@@ -188,6 +192,21 @@ export class ASAPClient {
     return this.send(this.taskEnvelope(skillId, input, opts), opts);
   }
 
+  /**
+   * Asks the peer to cancel the running task `taskId` (the id of its TaskRequest envelope) and
+   * resolves with its answer: a TaskResponse with status `cancelled`; rejects with -32010 when the
+   * peer runs no such task. (Aborting the signal of a `task()` sends the same TaskCancel itself.)
+   */
+  cancel(taskId: string, opts: RequestOptions & { reason?: string } = {}): Promise<Envelope<object>> {
+    const { reason, ...requestOpts } = opts;
+    const payload: TaskCancel = { task_id: taskId };
+    if (reason !== undefined) payload.reason = reason;
+    return this.send(
+      createEnvelope({ sender: this.sender, recipient: this.recipient, payload_type: 'TaskCancel', payload }),
+      requestOpts,
+    );
+  }
+
   /** Calls back for every pushed envelope, on any of this client's connections. Returns the remover. */
   onMessage(callback: (envelope: Envelope<object>) => void): () => void {
     if (this.pool === undefined) return () => {};
@@ -212,6 +231,7 @@ export class ASAPClient {
 
   /** Closes the client's own connections. */
   async close(): Promise<void> {
+    this.closed = true;
     if (this.pool !== undefined && this.ownsPool) await this.pool.close();
   }
 }

@@ -11,6 +11,7 @@ import { decodeFrame, encodeEnvelopeRequest, METHOD_SEND } from '../protocol/jso
 import { type Health, type Manifest, validateHealth, validateManifest } from '../protocol/manifest.js';
 import { normalizePayloadType, type TaskStream } from '../protocol/payloads.js';
 import { isJsonObject } from '../protocol/schema-util.js';
+import { cancelEnvelopeFor } from './cancel.js';
 import { type TokenSource, tokenOf } from './runtime.js';
 import { readSSE } from './sse.js';
 
@@ -89,12 +90,32 @@ export class HttpTransport {
     const envelope = toEnvelope(init);
     const id = this.nextId++;
     const body = encodeEnvelopeRequest(METHOD_SEND, envelope, id);
-    const res = await this.fetchWithTimeout(
+    const signal = opts.signal;
+    // An aborted TaskRequest: tell the server with a TaskCancel (best effort, not awaited).
+    const onAbort = () => this.sendCancel(envelope);
+    if (signal !== undefined && !signal.aborted) signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      const res = await this.fetchWithTimeout(
+        this.url,
+        { method: 'POST', body, headers: { 'content-type': 'application/json' } },
+        opts,
+      );
+      return answerOf(res.text, res.status, envelope.id);
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Posts the TaskCancel of an aborted TaskRequest, ignoring the outcome. */
+  private sendCancel(request: Envelope<object>): void {
+    const cancel = cancelEnvelopeFor(request, 'Request aborted by the client');
+    if (cancel === undefined) return;
+    const body = encodeEnvelopeRequest(METHOD_SEND, cancel, this.nextId++);
+    this.fetchWithTimeout(
       this.url,
       { method: 'POST', body, headers: { 'content-type': 'application/json' } },
-      opts,
-    );
-    return answerOf(res.text, res.status, envelope.id);
+      {},
+    ).catch(() => {});
   }
 
   /**

@@ -1,6 +1,7 @@
 import { Emitter } from '../core/emitter.js';
 import { systemTimers, type Timer, type Timers } from '../core/timers.js';
 import type { Envelope } from '../protocol/envelope.js';
+import { ConnectionError } from '../protocol/errors.js';
 import { WebSocketTransport, type WebSocketTransportOptions } from './websocket-transport.js';
 
 export interface ConnectionPoolOptions {
@@ -61,7 +62,7 @@ export class ConnectionPool extends Emitter<PoolEvents> {
 
   /** A transport for `url`: the least busy live one, or a new one while under the limit. */
   acquire(url: string): WebSocketTransport {
-    if (this.closed) throw new Error('Pool is closed');
+    if (this.closed) throw new ConnectionError('Pool is closed');
     let key = this.keys.get(url);
     if (key === undefined) {
       // Parsing a URL costs more than the rest of acquire(): remember each spelling's key.

@@ -21,8 +21,9 @@ import {
   METHOD_SEND,
   METHOD_SESSION,
 } from '../protocol/jsonrpc.js';
-import type { MessageAck, TaskStream } from '../protocol/payloads.js';
+import type { MessageAck, TaskCancel, TaskStream } from '../protocol/payloads.js';
 import { isJsonObject } from '../protocol/schema-util.js';
+import { cancelEnvelopeFor } from './cancel.js';
 import { type ChannelEvents, ReconnectingChannel, type TransportState } from './reconnecting-channel.js';
 import { defaultWebSocketFactory, type TokenSource, type WebSocketFactory } from './runtime.js';
 
@@ -80,6 +81,16 @@ export interface WebSocketTransportOptions {
 /** Options of one request. */
 export type RequestOptions = PeerRequestOptions;
 
+/** Options of `cancel()`. */
+export interface CancelOptions extends RequestOptions {
+  /** Why (sent as the TaskCancel's `reason`). */
+  reason?: string;
+  /** Sender of the TaskCancel (default: that of the task's request when it is pending here, else that of the last request sent). */
+  sender?: string;
+  /** Recipient of the TaskCancel (default: as `sender`). */
+  recipient?: string;
+}
+
 export interface TransportEvents extends ChannelEvents {
   message: (envelope: Envelope<object>) => void;
   /** The server opened or resumed this client's session; `resumed: false` after a reconnect means pushes were lost. */
@@ -116,6 +127,8 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
   private readonly dispatcher: Dispatcher | undefined;
   /** The session (§12) and the highest seq delivered in it. */
   private session: { id: string; lastSeq: number } | undefined;
+  /** The last request sent (its addresses are those of a `cancel()` of a task not pending here). */
+  private lastRequest: Envelope<object> | undefined;
 
   constructor(url?: string, opts: WebSocketTransportOptions = {}) {
     super();
@@ -178,6 +191,7 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
       resolutionMs: opts.timerResolutionMs,
       timers: this.timers,
       logger: this.logger,
+      onAbort: (env) => this.cancelAborted(env),
     });
     this.seenPushes = new ExpiringMap<true>(600_000, 10_000, this.timers);
     this.pushes = new AsyncQueue<Envelope<object>>(undefined, opts.maxBufferedPushes ?? 1000);
@@ -250,7 +264,31 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
   request(init: Envelope<object> | EnvelopeInit<object>, opts?: RequestOptions): Promise<Envelope<object>> {
     const refused = this.refuse();
     if (refused) return Promise.reject(refused);
-    return this.peer.request(this.prepare(init), opts);
+    const env = this.prepare(init);
+    this.lastRequest = env;
+    return this.peer.request(env, opts);
+  }
+
+  /**
+   * Asks the server to cancel the running task `taskId` (the id of its TaskRequest envelope) with a
+   * TaskCancel, and resolves with the server's answer: a TaskResponse with status `cancelled`, or
+   * rejects with -32010 when the server runs no such task. Aborting a request's signal sends
+   * the same TaskCancel by itself.
+   */
+  cancel(taskId: string, opts: CancelOptions = {}): Promise<Envelope<object>> {
+    const { reason, sender, recipient, ...requestOpts } = opts;
+    const known = this.peer.pendingEnvelope(taskId) ?? this.lastRequest;
+    const payload: TaskCancel = { task_id: taskId };
+    if (reason !== undefined) payload.reason = reason;
+    return this.request(
+      {
+        sender: sender ?? known?.sender ?? 'urn:asap:agent:client',
+        recipient: recipient ?? known?.recipient ?? 'urn:asap:agent:demo',
+        payload_type: 'TaskCancel',
+        payload,
+      },
+      requestOpts,
+    );
   }
 
   /** Sends a request whose answer is streamed; iterates TaskStream envelopes up to the final one. */
@@ -264,7 +302,9 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
       failed.fail(refused);
       return failed;
     }
-    return this.peer.stream(this.prepare(init), opts);
+    const env = this.prepare(init);
+    this.lastRequest = env;
+    return this.peer.stream(env, opts);
   }
 
   /** Closes the connection for good: no reconnect; everything pending fails. Idempotent. */
@@ -273,6 +313,17 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
   }
 
   // ---- internals ----
+
+  /** A TaskRequest aborted by its signal after it was written: tell the server (best effort). */
+  private cancelAborted(request: Envelope<object>): void {
+    const cancel = cancelEnvelopeFor(request, 'Request aborted by the client');
+    if (cancel === undefined || this.channel.state === 'closed') return;
+    this.logger.debug({ task_id: request.id }, 'request aborted: sending TaskCancel');
+    // A notification: nothing to wait for, and it takes no request slot (inFlight, pool balancing).
+    this.peer.send(cancel).catch((err: unknown) => {
+      this.logger.debug({ task_id: request.id, err: (err as Error)?.message }, 'TaskCancel not sent');
+    });
+  }
 
   private prepare(init: Envelope<object> | EnvelopeInit<object>): Envelope<object> {
     const env =

@@ -487,11 +487,26 @@ export class Dispatcher {
     const handler = this.registry.get(key);
     if (handler !== undefined) return handler;
     if (key === 'taskrequest' && this.registry.hasSkills) {
-      return (this.registry.getSkill(env.payload.skill_id) as Handler<object> | undefined) ?? unknownSkill;
+      return (
+        (this.registry.getSkill(env.payload.skill_id) as Handler<object> | undefined) ?? this.unknownSkill
+      );
     }
     if (key === 'taskcancel') return this.cancelTask;
     return undefined;
   }
+
+  /** A TaskRequest for a skill nobody registered: a failed TaskResponse naming the skills that exist. */
+  private readonly unknownSkill: Handler<object> = (env) => {
+    const { skill_id } = env.payload as TaskRequest;
+    return {
+      task_id: env.id,
+      status: 'failed',
+      result: {
+        error: `Unknown skill: ${skill_id}`,
+        available_skills: this.registry.skills().map((s) => s.id),
+      },
+    };
+  };
 
   /** Built-in TaskCancel: aborts the running task it names. */
   private readonly cancelTask: Handler<object> = (env) => {
@@ -562,8 +577,3 @@ export class Dispatcher {
 function replayReason(err: ASAPError): RejectReason {
   return err.code === ErrorCode.InvalidNonce ? 'invalid_nonce' : 'invalid_timestamp';
 }
-
-const unknownSkill: Handler<object> = (env) => {
-  const { skill_id } = env.payload as TaskRequest;
-  return { task_id: env.id, status: 'failed', result: { error: `Unknown skill: ${skill_id}` } };
-};

@@ -54,6 +54,11 @@ export interface PeerOptions {
   health?: { recordSuccess(): void; recordFailure(): void };
   /** Granularity of the one timer that enforces deadlines and ack waits (default 100 ms). */
   resolutionMs?: number;
+  /**
+   * Told when a request that was already written is aborted by its signal (after it failed
+   * locally): the owner may tell the other side (a WebSocket client sends a TaskCancel).
+   */
+  onAbort?: (envelope: Envelope<object>) => void;
   timers?: Timers;
   logger?: Logger;
   instrumentation?: Instrumentation;
@@ -129,6 +134,12 @@ export class Peer {
   /** Envelopes sent with `requires_ack` and not yet acknowledged. */
   get unacknowledged(): number {
     return this.acks?.size ?? 0;
+  }
+
+  /** The envelope of the pending request whose envelope id is `id`, if any. */
+  pendingEnvelope(id: string): Envelope<object> | undefined {
+    for (const p of this.pending?.values() ?? []) if (p.envelope.id === id) return p.envelope;
+    return undefined;
   }
 
   /** With acks on, envelopes of the types §6 lists always ask for one. */
@@ -270,7 +281,12 @@ export class Peer {
     }
     const signal = opts.signal;
     if (signal !== undefined) {
-      const onAbort = () => this.fail(p, abortError(signal));
+      const onAbort = () => {
+        if (p.settled) return;
+        const written = p.sent;
+        this.fail(p, abortError(signal));
+        if (written) this.opts.onAbort?.(p.envelope);
+      };
       signal.addEventListener('abort', onAbort, { once: true });
       p.detach = () => signal.removeEventListener('abort', onAbort);
     }

@@ -570,6 +570,16 @@ describe('WebSocketTransport: deadlines and cancellation', () => {
     expect(err).toBeInstanceOf(ConnectionError);
     expect(err.message).toBe('Request aborted: user gave up');
     expect(t.inFlight).toBe(0);
+    // The server is told: a TaskCancel notification for the aborted task, on the same socket.
+    const cancel = await r.frame(
+      (f) =>
+        f?.method === 'asap.send' && f.id === undefined && f.params?.envelope?.payload_type === 'TaskCancel',
+      'TaskCancel',
+    );
+    expect(cancel.params.envelope.payload).toEqual({
+      task_id: req.params.envelope.id,
+      reason: 'Request aborted by the client',
+    });
 
     r.send(resultFrame(req.id, responseTo(req)));
     await flush(r);
