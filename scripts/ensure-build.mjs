@@ -12,8 +12,10 @@ function newest(dir) {
   return latest;
 }
 
-const marker = 'dist/cli/main.js';
-if (!existsSync(marker) || statSync(marker).mtimeMs < newest('src')) {
+// The whole build (the browser bundle too: `asap serve --static examples/browser` serves it).
+const markers = ['dist/cli/main.js', 'dist/browser/asap-client.js'];
+const stale = markers.some((m) => !existsSync(m) || statSync(m).mtimeMs < newest('src'));
+if (stale) {
   process.stderr.write('Building asap-ts...\n');
-  execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { stdio: 'inherit' });
+  execFileSync('npm', ['run', '--silent', 'build'], { stdio: 'inherit' });
 }
