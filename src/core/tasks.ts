@@ -163,7 +163,7 @@ export function isPromiseLike(v: unknown): v is PromiseLike<unknown> {
 export class TaskRuntime {
   readonly logger: Logger;
   readonly manifest: () => Manifest | undefined;
-  /** Shared by every stream and push loop (see TurnBudget). */
+  /** @internal Shared by every stream and push loop (see TurnBudget). */
   readonly turns: TurnBudget;
   private readonly hooks: Instrumentation | undefined;
   private readonly timers: Timers;
