@@ -91,6 +91,11 @@ export interface MemorySessionStoreOptions {
    * longest ago; when every session is attached, the oldest one.
    */
   maxSessions?: number;
+  /**
+   * Most sessions one caller keeps (default 100): past it, its own oldest goes, so no caller can
+   * push other callers' sessions out of `maxSessions`.
+   */
+  maxSessionsPerCaller?: number;
   clock?: Clock;
 }
 
@@ -124,6 +129,9 @@ export class MemorySessionStore implements SessionStore {
   private readonly maxBytes: number;
   private readonly windowMs: number;
   private readonly maxSessions: number;
+  private readonly maxPerCaller: number;
+  /** Each caller's sessions, oldest first. */
+  private readonly byCaller = new Map<string, Set<string>>();
   private readonly clock: Clock;
   /** Every live session, in the order they opened. */
   private readonly sessions = new Map<string, SessionRecord>();
@@ -135,6 +143,7 @@ export class MemorySessionStore implements SessionStore {
     this.maxBytes = opts.maxBytesPerSession ?? 1024 * 1024;
     this.windowMs = opts.disconnectWindowMs ?? 120_000;
     this.maxSessions = Math.max(1, opts.maxSessions ?? 10_000);
+    this.maxPerCaller = Math.max(1, opts.maxSessionsPerCaller ?? 100);
     this.clock = opts.clock ?? systemClock;
   }
 
@@ -145,6 +154,8 @@ export class MemorySessionStore implements SessionStore {
 
   open(callerId: string): { sessionId: string } {
     this.purge(this.clock.now());
+    const own = this.byCaller.get(callerId);
+    while (own !== undefined && own.size >= this.maxPerCaller) this.drop(this.sessions.get(first(own)!)!);
     while (this.sessions.size >= this.maxSessions) {
       const victim = first(this.detached) ?? first(this.sessions)!;
       this.drop(victim);
@@ -163,6 +174,12 @@ export class MemorySessionStore implements SessionStore {
       urns: new Set(),
     };
     this.sessions.set(rec.id, rec);
+    let mine = this.byCaller.get(callerId);
+    if (mine === undefined) {
+      mine = new Set();
+      this.byCaller.set(callerId, mine);
+    }
+    mine.add(rec.id);
     return { sessionId: rec.id };
   }
 
@@ -252,6 +269,9 @@ export class MemorySessionStore implements SessionStore {
   private drop(rec: SessionRecord): void {
     this.sessions.delete(rec.id);
     this.detached.delete(rec.id);
+    const mine = this.byCaller.get(rec.caller);
+    mine?.delete(rec.id);
+    if (mine?.size === 0) this.byCaller.delete(rec.caller);
   }
 
   /** Drops a session's oldest kept push. */
@@ -271,8 +291,8 @@ export class MemorySessionStore implements SessionStore {
   }
 }
 
-function first<V>(map: Map<string, V>): V | undefined {
-  for (const v of map.values()) return v;
+function first<V>(items: Map<string, V> | Set<V>): V | undefined {
+  for (const v of items.values()) return v;
   return undefined;
 }
 

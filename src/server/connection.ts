@@ -133,6 +133,8 @@ export class Connection implements Session, PushTarget {
   private _peer: Peer | undefined;
   private readonly limits: ConnectionLimits;
   private expiry: Timer | undefined;
+  /** Set once the client asked for a session (only its first `asap.resume` counts). */
+  private resumed = false;
   /** The session this connection holds (asap-wire.md §12), once the client asked for one. */
   sessionId: string | undefined;
   private unsubscribeSession: (() => void) | undefined;
@@ -236,6 +238,13 @@ export class Connection implements Session, PushTarget {
   /** What the peer hands on (requests, envelopes, batches): run now, or wait in order for a free slot. */
   private admit(frame: Frame): void {
     if (frame.kind === 'notification' && frame.method === METHOD_RESUME) {
+      // One session per connection (asap-wire.md §12: the first frame): a repeat is ignored, so a
+      // peer cannot open sessions in a loop.
+      if (this.resumed) {
+        this.deps.logger.debug({ conn: this.id }, 'asap.resume repeated on a connection: ignored');
+        return;
+      }
+      this.resumed = true;
       void this.deps.sessions?.resume(this, frame.params);
       return;
     }

@@ -188,3 +188,15 @@ describe('sessions (§12)', () => {
     expect(transport.sessionId).toBeUndefined();
   });
 });
+
+describe('sessions: one per connection', () => {
+  it('a repeated asap.resume on one connection is ignored (no session opened per frame)', async () => {
+    const server = await startAgent();
+    const c = await rawClient(`${server.boundAddress!.url.replace('http', 'ws')}/asap/ws`);
+    for (let i = 0; i < 5; i++)
+      c.send({ jsonrpc: '2.0', method: 'asap.resume', params: { session_id: null } });
+    await c.sessionFrame();
+    await c.call('after');
+    expect(c.frames.filter((f) => f.method === 'asap.session')).toHaveLength(1);
+  });
+});

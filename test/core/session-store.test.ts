@@ -260,3 +260,23 @@ describe('MemorySessionStore: one push, many paths', () => {
     expect(store.subscribe('unknown', () => heard.push(-1))).toBeTypeOf('function');
   });
 });
+
+describe('MemorySessionStore: per-caller bound', () => {
+  it("one caller's sessions cannot push another caller's out: past maxSessionsPerCaller its own oldest goes", () => {
+    const store = new MemorySessionStore({
+      clock: new ManualClock(0),
+      maxSessions: 5,
+      maxSessionsPerCaller: 2,
+    });
+    const alice = store.open('alice').sessionId;
+    const m1 = store.open('mallory').sessionId;
+    const m2 = store.open('mallory').sessionId;
+    for (let i = 0; i < 10; i++) store.open('mallory');
+    expect(store.attach(alice, 'alice')).toBe(true);
+    expect(store.attach(m1, 'mallory')).toBe(false);
+    expect(store.attach(m2, 'mallory')).toBe(false);
+    expect(store.size).toBe(3);
+    store.close(alice);
+    expect(store.size).toBe(2);
+  });
+});
