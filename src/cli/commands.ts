@@ -121,6 +121,7 @@ interface ServeOptions {
   clockTolerance: number;
   agentClaim?: string;
   tokenUrl?: string;
+  metrics: boolean;
 }
 
 /** The browser bundle (scripts/build-browser.mjs) from dist/cli/ after a build, or from src/cli/ under tsx. */
@@ -181,6 +182,7 @@ async function serve(o: ServeOptions): Promise<number> {
     pushForm: o.pushForm,
     allowOrigins: o.allowOrigin,
     maxConnections: o.maxConnections,
+    metrics: o.metrics,
     ...(o.static === undefined ? {} : staticOptions(o.static)),
   });
   const addr = await server.listen({ host: o.host, port: o.port });
@@ -445,6 +447,7 @@ export async function run(argv: string[]): Promise<number | undefined> {
       '--redis <url>',
       'keep dedupe outcomes, nonces, sessions, push routing and counters in Redis (several processes act as one agent)',
     )
+    .option('--no-metrics', 'do not serve Prometheus metrics at GET /asap/metrics')
     .action(async (o: ServeOptions) => {
       code = await serve(o);
     });

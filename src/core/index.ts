@@ -24,6 +24,7 @@ export type {
   RequestFinishedInfo,
   RequestInfo,
 } from './instrumentation.js';
+export { combineInstrumentation } from './instrumentation.js';
 export { type Logger, silentLogger } from './logger.js';
 export * from './nonce-store.js';
 export { answerEnvelope, Peer, type PeerOptions, type PeerRequestOptions } from './peer.js';

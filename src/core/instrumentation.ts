@@ -170,3 +170,50 @@ export function requestInfo(
   }
   return info;
 }
+
+/**
+ * Hooks that call each of `parts` (undefined entries skipped) in order, so that several
+ * subscribers (metrics, tracing, the user's own) each see every event. Only hooks some part
+ * defines are present, so a combination costs nothing for the events nobody records. A part
+ * that throws does not keep the later ones from running; the first error is rethrown after
+ * all ran (for guardInstrumentation to log). Undefined when no part defines a hook; the one
+ * part itself when only one is given.
+ */
+export function combineInstrumentation(
+  ...parts: ReadonlyArray<Instrumentation | undefined>
+): Instrumentation | undefined {
+  const present = parts.filter((p): p is Instrumentation => p !== undefined);
+  if (present.length <= 1) return present[0];
+  const combined: Record<string, AnyHook> = {};
+  let any = false;
+  for (const name of HOOK_NAMES) {
+    const calls: Array<[Instrumentation, AnyHook]> = [];
+    for (const p of present) {
+      const hook = p[name] as AnyHook | undefined;
+      if (typeof hook === 'function') calls.push([p, hook]);
+    }
+    if (calls.length === 0) continue;
+    any = true;
+    if (calls.length === 1) {
+      const [owner, hook] = calls[0]!;
+      combined[name] = (a, b) => hook.call(owner, a, b);
+      continue;
+    }
+    combined[name] = (a, b) => {
+      let failed = false;
+      let first: unknown;
+      for (const [owner, hook] of calls) {
+        try {
+          hook.call(owner, a, b);
+        } catch (err) {
+          if (!failed) {
+            failed = true;
+            first = err;
+          }
+        }
+      }
+      if (failed) throw first;
+    };
+  }
+  return any ? (combined as Instrumentation) : undefined;
+}

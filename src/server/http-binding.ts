@@ -33,6 +33,10 @@ export interface HttpBindingDeps {
   readonly rpcPath: string;
   readonly manifestPath: string;
   readonly healthPath: string;
+  /** `GET` route of the Prometheus metrics; undefined when metrics are off. */
+  readonly metricsPath?: string;
+  /** The metrics text and its content type (called only with `metricsPath` set). */
+  metrics?(): Promise<{ contentType: string; body: string }>;
   /** Token check; undefined when the server is open. */
   readonly authenticate: AuthCheck | undefined;
   manifestFor(req: IncomingMessage): object;
@@ -177,7 +181,8 @@ export class HttpBinding {
     const h = this.host;
     const stream = path === this.streamPath;
     const rpc = stream || path === h.rpcPath;
-    const ours = rpc || path === h.manifestPath || path === h.healthPath;
+    const metrics = h.metricsPath !== undefined && path === h.metricsPath;
+    const ours = rpc || metrics || path === h.manifestPath || path === h.healthPath;
     // §11: every answer of the JSON-RPC routes says which transport version it speaks.
     const version = rpc ? negotiateVersion(req.headers['asap-version']) : undefined;
     if (version !== undefined)
@@ -199,6 +204,14 @@ export class HttpBinding {
       }
       return true;
     }
+    if (metrics) {
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        sendJson(res, 405, JSON.stringify({ error: 'Method not allowed' }), { allow: 'GET, HEAD' });
+      } else {
+        void this.metrics(res);
+      }
+      return true;
+    }
     if (path === h.manifestPath || path === h.healthPath) {
       if (req.method !== 'GET' && req.method !== 'HEAD') {
         sendJson(res, 405, JSON.stringify({ error: 'Method not allowed' }), { allow: 'GET, HEAD' });
@@ -211,6 +224,22 @@ export class HttpBinding {
       return true;
     }
     return false;
+  }
+
+  /** `GET <metricsPath>`: the Prometheus text format. */
+  private async metrics(res: ServerResponse): Promise<void> {
+    try {
+      const { contentType, body } = await this.host.metrics!();
+      res.writeHead(200, {
+        'content-type': contentType,
+        'content-length': Buffer.byteLength(body),
+        'cache-control': 'no-store',
+      });
+      res.end(body);
+    } catch (err) {
+      this.host.logger.error({ err: err instanceof Error ? err.message : String(err) }, 'metrics failed');
+      if (!res.headersSent) sendJson(res, 500, JSON.stringify({ error: 'Metrics unavailable' }));
+    }
   }
 
   private async rpc(req: IncomingMessage, res: ServerResponse, streamRoute: boolean): Promise<void> {

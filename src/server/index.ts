@@ -19,5 +19,6 @@ export {
   jwtAuthenticator,
 } from './jwt.js';
 export { buildManifest, type ManifestInit } from './manifest.js';
+export { type PrometheusMetrics, type PrometheusMetricsOptions, prometheusMetrics } from './metrics.js';
 export { LocalPushAdapter, type PushAdapter, type PushTarget } from './push-adapter.js';
 export * from './server.js';

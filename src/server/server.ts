@@ -1,9 +1,14 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import type { Registry } from 'prom-client';
 import type { AckOptions } from '../core/ack-tracker.js';
 import type { DedupeStore } from '../core/dedupe.js';
 import { Dispatcher } from '../core/dispatcher.js';
-import { guardInstrumentation, type Instrumentation } from '../core/instrumentation.js';
+import {
+  combineInstrumentation,
+  guardInstrumentation,
+  type Instrumentation,
+} from '../core/instrumentation.js';
 import { type Logger, silentLogger } from '../core/logger.js';
 import { type Handler, HandlerRegistry, type SkillInfo } from '../core/registry.js';
 import type { ReplayOptions } from '../core/replay.js';
@@ -16,6 +21,7 @@ import type { Connection, ConnectionInfo } from './connection.js';
 import { Drain } from './drain.js';
 import { HttpBinding } from './http-binding.js';
 import { buildManifest, type ManifestInit } from './manifest.js';
+import { type PrometheusMetrics, prometheusMetrics } from './metrics.js';
 import { OriginPolicy } from './origin.js';
 import { LocalPushAdapter, type PushAdapter } from './push-adapter.js';
 import { SessionBinding } from './sessions.js';
@@ -51,6 +57,12 @@ export interface ASAPServerOptions {
   pushAdapter?: PushAdapter;
   /** Hooks that metrics and tracing subscribe to. */
   instrumentation?: Instrumentation;
+  /**
+   * Prometheus metrics (default off): recorded through the Instrumentation hooks (alongside
+   * `instrumentation`, which still gets every hook) and served at `GET /asap/metrics`. An object
+   * names the prom-client Registry to record into (default: one of the server's own).
+   */
+  metrics?: boolean | { registry?: Registry };
   /** Clock and timers of heartbeats, deadlines, acks and drain (default: the system's). */
   timers?: Timers;
   logger?: Logger;
@@ -141,6 +153,8 @@ type Listener = (...args: any[]) => void;
 
 const MANIFEST_PATH = '/.well-known/asap/manifest.json';
 const HEALTH_PATH = '/.well-known/asap/health';
+/** The reference's metrics route. */
+const METRICS_PATH = '/asap/metrics';
 
 /**
  * One ASAP agent: the HTTP binding and the WebSocket binding on one HTTP
@@ -149,6 +163,8 @@ const HEALTH_PATH = '/.well-known/asap/health';
  */
 export class ASAPServer {
   readonly registry: HandlerRegistry;
+  /** The Prometheus metrics when the `metrics` option is on (their registry, text, content type). */
+  readonly prometheus: PrometheusMetrics | undefined;
   readonly dispatcher: Dispatcher;
   readonly logger: Logger;
   /** In-flight work and the draining flag, shared by both bindings. */
@@ -194,7 +210,15 @@ export class ASAPServer {
       throw new RangeError('headersTimeoutMs must be > 0 and <= requestTimeoutMs');
     const maxMessageBytes = opts.maxMessageBytes ?? 10 * 1024 * 1024;
     const authenticate = authCheck(opts, this.logger);
-    const instrumentation = guardInstrumentation(opts.instrumentation, this.logger);
+    const metrics =
+      opts.metrics === undefined || opts.metrics === false
+        ? undefined
+        : prometheusMetrics(opts.metrics === true ? {} : { registry: opts.metrics.registry });
+    this.prometheus = metrics;
+    const instrumentation = guardInstrumentation(
+      combineInstrumentation(opts.instrumentation, metrics?.instrumentation),
+      this.logger,
+    );
     this.authenticates = authenticate !== undefined;
     const origins = new OriginPolicy({
       allow: opts.allowOrigins,
@@ -236,6 +260,12 @@ export class ASAPServer {
       rpcPath: this.rpcPath,
       manifestPath: MANIFEST_PATH,
       healthPath: HEALTH_PATH,
+      ...(metrics === undefined
+        ? {}
+        : {
+            metricsPath: METRICS_PATH,
+            metrics: async () => ({ contentType: metrics.contentType, body: await metrics.metrics() }),
+          }),
       authenticate,
       origins,
       instrumentation,

@@ -423,6 +423,34 @@ describe('asap serve flags (child process)', () => {
     expect(r.stdout).not.toMatch(/listening/);
   });
 
+  it('serves Prometheus metrics at /asap/metrics by default; --no-metrics turns them off (404)', async () => {
+    const on = await serve();
+    const echo = await fetch(`${on.http}/asap`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: encodeRequest(
+        'asap.send',
+        {
+          envelope: createEnvelope({
+            sender: CLIENT,
+            recipient: 'urn:asap:agent:demo',
+            payload_type: 'TaskRequest',
+            payload: { conversation_id: 'c', skill_id: 'echo', input: { m: 1 } },
+          }),
+        },
+        1,
+      ),
+    });
+    expect(echo.status).toBe(200);
+    const res = await fetch(`${on.http}/asap/metrics`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
+    expect(await res.text()).toContain('asap_requests_total{payload_type="TaskRequest",status="success"} 1');
+    const off = await serve(['--no-metrics']);
+    expect((await fetch(`${off.http}/asap/metrics`)).status).toBe(404);
+    expect((await fetch(`${off.http}/.well-known/asap/health`)).status).toBe(200);
+  });
+
   it('a port already in use → exit 2 with the reason on stderr', async () => {
     const busy = net.createServer();
     await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
