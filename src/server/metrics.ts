@@ -97,14 +97,28 @@ export function prometheusMetrics(opts: PrometheusMetricsOptions = {}): Promethe
   // The WebSocket connections counted open, so that a close is counted only after its open.
   const open = new Set<number | string>();
 
+  // The labelled children of the per-request metrics, made once per label pair: prom-client hashes
+  // the label object on every inc()/observe() otherwise, which is most of what a metric costs.
+  const perRequest = new Map<string, { count: { inc(): void }; time: { observe(v: number): void } }>();
+  const requestMetrics = (payloadType: string, status: string) => {
+    const key = `${payloadType}\u0000${status}`;
+    let m = perRequest.get(key);
+    if (m === undefined) {
+      m = {
+        count: requests.labels(payloadType, status),
+        time: duration.labels(payloadType, status),
+      };
+      perRequest.set(key, m);
+    }
+    return m;
+  };
+  const dedupeByState = new Map<string, { inc(): void }>();
+
   const instrumentation: Instrumentation = {
     requestFinished(info) {
-      const labels = {
-        payload_type: payloadLabel(info.payloadType),
-        status: info.outcome === 'ok' ? 'success' : 'error',
-      };
-      requests.inc(labels);
-      duration.observe(labels, info.durationMs / 1000);
+      const m = requestMetrics(payloadLabel(info.payloadType), info.outcome === 'ok' ? 'success' : 'error');
+      m.count.inc();
+      m.time.observe(info.durationMs / 1000);
     },
     rejected(reason) {
       rejected.inc({ reason });
@@ -117,7 +131,12 @@ export function prometheusMetrics(opts: PrometheusMetricsOptions = {}): Promethe
       streamChunks.inc({ skill: info.skill ?? '' });
     },
     dedupe(state: DedupeState) {
-      dedupe.inc({ state });
+      let child = dedupeByState.get(state);
+      if (child === undefined) {
+        child = dedupe.labels(state);
+        dedupeByState.set(state, child);
+      }
+      child.inc();
     },
     ackSent(status) {
       acksSent.inc({ status: ackLabel(status) });
