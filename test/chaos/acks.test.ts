@@ -17,6 +17,7 @@ import {
   cleanup,
   countingFactory,
   makeTransport,
+  manualTransport,
   onCleanup,
   outcome,
   PlainServer,
@@ -33,14 +34,12 @@ import {
  * A transport on manual time. Its own heartbeat is off: manual time jumps hundreds of ms at once, and
  * the plain server's pongs (real I/O) cannot land between the checks inside one jump.
  */
-function manualTransport(
+function quietTransport(
   url: string,
   timers: ManualTimers,
   opts: WebSocketTransportOptions = {},
 ): WebSocketTransport {
-  const transport = makeTransport(url, { timers, heartbeatIntervalMs: 0, ...opts });
-  onCleanup(() => whileTicking(timers, transport.close()));
-  return transport;
+  return manualTransport(url, timers, { heartbeatIntervalMs: 0, ...opts });
 }
 
 afterEach(cleanup);
@@ -113,7 +112,7 @@ describe('retransmission', () => {
         answer = () => r.socket.send(responseFrame(r, { late: true }));
       }
     });
-    const transport = manualTransport(server.url, timers, { webSocketFactory: rec.factory });
+    const transport = quietTransport(server.url, timers, { webSocketFactory: rec.factory });
     const env = task('echo');
     const pending = watch(transport.request(env));
     const written = () => rec.writesOf((t) => t.includes(env.id));
@@ -149,7 +148,7 @@ describe('retransmission', () => {
     const server = await PlainServer.start((r) => {
       if (behave) ackAndAnswer(r);
     });
-    const transport = manualTransport(server.url, timers, {
+    const transport = quietTransport(server.url, timers, {
       circuitBreaker: { failureThreshold: 2, resetTimeoutMs: 100 },
       webSocketFactory: rec.factory,
     });
@@ -248,7 +247,7 @@ describe('acked notifications', () => {
     const server = await PlainServer.start((r) => {
       r.socket.send(ackFrame(r.msg.params!.envelope!, 'rejected', 'No such task'));
     });
-    const transport = manualTransport(server.url, timers, { webSocketFactory: rec.factory });
+    const transport = quietTransport(server.url, timers, { webSocketFactory: rec.factory });
     await within(transport.connect(), 5000, 'connect');
     const env = cancelEnvelope('missing');
     const r = await within(outcome(transport.send(env)), 5000, 'rejected send');
@@ -279,7 +278,7 @@ describe('acked notifications', () => {
     const timers = manualTimers();
     const rec = recordingFactory(timers);
     const server = await PlainServer.start();
-    const transport = manualTransport(server.url, timers, {
+    const transport = quietTransport(server.url, timers, {
       ack: { timeoutMs: 30, maxRetries: 2 },
       webSocketFactory: rec.factory,
     });

@@ -5,12 +5,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
-import type {
-  TransportState,
-  WebSocketTransport,
-  WebSocketTransportOptions,
-} from '../../src/client/websocket-transport.js';
-import type { ManualTimers } from '../../src/core/timers.js';
+import type { TransportState } from '../../src/client/websocket-transport.js';
 import { ConnectionError } from '../../src/protocol/errors.js';
 import { PONG_FRAME } from '../../src/protocol/jsonrpc.js';
 import { manualTimers, recordingFactory, tickUntil, watch, whileTicking } from '../support/manual-time.js';
@@ -19,6 +14,7 @@ import {
   HEARTBEAT_MS,
   makeTransport,
   manualSetup,
+  manualTransport,
   nextEvent,
   onCleanup,
   outcome,
@@ -31,17 +27,6 @@ import {
   waitFor,
   within,
 } from './helpers.js';
-
-/** A transport on manual time; its cleanup moves time on (a close fallback is a timer). */
-function manualTransport(
-  url: string,
-  timers: ManualTimers,
-  opts: WebSocketTransportOptions = {},
-): WebSocketTransport {
-  const transport = makeTransport(url, { timers, ...opts });
-  onCleanup(() => whileTicking(timers, transport.close()));
-  return transport;
-}
 
 afterEach(cleanup);
 

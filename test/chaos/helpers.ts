@@ -300,3 +300,14 @@ export async function manualSetup(
   onCleanup(() => whileTicking(timers, s.transport.close()));
   return s;
 }
+
+/** A transport on manual timers; cleanup moves time on while it closes. */
+export function manualTransport(
+  url: string,
+  timers: ManualTimers,
+  opts: WebSocketTransportOptions = {},
+): WebSocketTransport {
+  const transport = makeTransport(url, { timers, ...opts });
+  onCleanup(() => whileTicking(timers, transport.close()));
+  return transport;
+}

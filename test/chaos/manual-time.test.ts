@@ -6,7 +6,6 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { createDemoAgent } from '../../src/cli/demo-agent.js';
-import type { WebSocketTransport, WebSocketTransportOptions } from '../../src/client/websocket-transport.js';
 import type { ManualTimers } from '../../src/core/timers.js';
 import { createEnvelope } from '../../src/protocol/envelope.js';
 import {
@@ -31,7 +30,7 @@ import {
   AGENT_URN,
   CLIENT_URN,
   cleanup,
-  makeTransport,
+  manualTransport,
   onCleanup,
   outcome,
   PlainServer,
@@ -73,17 +72,6 @@ async function startServer(
   await server.listen({ port: 0 });
   onCleanup(() => whileTicking(timers, server.close()));
   return { server, started };
-}
-
-/** A transport on `timers`, closed after the test with manual time moving (a close fallback is a timer). */
-function manualTransport(
-  url: string,
-  timers: ManualTimers,
-  opts: WebSocketTransportOptions = {},
-): WebSocketTransport {
-  const transport = makeTransport(url, { timers, ...opts });
-  onCleanup(() => whileTicking(timers, transport.close()));
-  return transport;
 }
 
 const wsUrl = (server: ASAPServer) => `ws://127.0.0.1:${server.boundAddress!.port}/asap/ws`;
