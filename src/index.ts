@@ -14,7 +14,9 @@
 export {
   ASAPClient,
   type ASAPClientOptions,
+  type ReplyPayload,
   type TaskOptions,
+  type TaskResult,
   type TransportChoice,
 } from './client/client.js';
 export {
@@ -124,6 +126,14 @@ export { isTerminalStatus, PAYLOAD_SCHEMAS } from './protocol/payloads.js';
 export type { JsonObject } from './protocol/schema-util.js';
 export { type Authenticator, type AuthRequest, staticToken, type TokenVerifier } from './server/auth.js';
 export type { ConnectionInfo } from './server/connection.js';
+export type {
+  ConnectionEvent,
+  DisconnectEvent,
+  ServerErrorContext,
+  ServerErrorSource,
+  ServerEventName,
+  ServerEvents,
+} from './server/events.js';
 export type { ManifestInit } from './server/manifest.js';
 export { LocalPushAdapter, type PushAdapter, type PushTarget } from './server/push-adapter.js';
 export {

@@ -2,14 +2,21 @@ import { execFile } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { ASAPClient } from '../client/index.js';
+import type { ASAPClient } from '../client/client.js';
 import type { TokenSource } from '../client/runtime.js';
 import { ASAPError, ConnectionError, LocalErrorCode } from '../protocol/errors.js';
-import { isJsonObject, type JsonObject } from '../protocol/schema-util.js';
+import type { JsonObject } from '../protocol/schema-util.js';
 import type { JwtAuthenticator } from '../server/jwt.js';
 import { normalizeOrigin } from '../server/origin.js';
-import { createDemoAgent } from './demo-agent.js';
-import { createLogger, LOG_LEVELS, type LogLevel } from './logger.js';
+import { LOG_LEVELS, type LogLevel } from './log-levels.js';
+
+// Only what parsing the command line needs is imported above: the client, the server, the logger
+// and their dependencies are loaded by the command that runs (`asap --help` loads none of them).
+
+/** The check of `isJsonObject` (protocol/schema-util), here so parsing `--input` does not load zod. */
+function isJsonObject(value: unknown): value is JsonObject {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
 
 /**
  * The version of this package: the `version` of the nearest package.json above this module (the
@@ -87,6 +94,15 @@ function originArg(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
+/** `--public-url`: an http(s) URL without credentials, query or fragment (as ASAPServer's publicUrl). */
+function publicUrlArg(value: string): string {
+  if (!/^https?:\/\/[^/?#@\s]+(\/[^?#\s]*)?$/i.test(value) || !URL.canParse(value))
+    throw new InvalidArgumentError(
+      '--public-url must be an http:// or https:// URL without credentials, query or fragment',
+    );
+  return value;
+}
+
 function jsonObjectArg(value: string): JsonObject {
   let parsed: unknown;
   try {
@@ -122,6 +138,9 @@ interface ServeOptions {
   agentClaim?: string;
   tokenUrl?: string;
   metrics: boolean;
+  publicUrl?: string;
+  trustProxy?: boolean;
+  requestLog: boolean;
 }
 
 /** The browser bundle (scripts/build-browser.mjs) from dist/cli/ after a build, or from src/cli/ under tsx. */
@@ -138,6 +157,10 @@ export function staticOptions(dir: string): { staticDir: string; staticFiles: Re
 }
 
 async function serve(o: ServeOptions): Promise<number> {
+  const [{ createLogger }, { createDemoAgent }] = await Promise.all([
+    import('./logger.js'),
+    import('./demo-agent.js'),
+  ]);
   const logger = createLogger(o.logLevel);
   // Redis only when asked: its client is loaded then, not by every `asap` command.
   let store: Awaited<ReturnType<typeof import('../redis/store.js')['redisStore']>> | undefined;
@@ -183,6 +206,9 @@ async function serve(o: ServeOptions): Promise<number> {
     allowOrigins: o.allowOrigin,
     maxConnections: o.maxConnections,
     metrics: o.metrics,
+    publicUrl: o.publicUrl,
+    trustProxy: o.trustProxy,
+    requestLog: o.requestLog,
     ...(o.static === undefined ? {} : staticOptions(o.static)),
   });
   const addr = await server.listen({ host: o.host, port: o.port });
@@ -283,6 +309,7 @@ async function send(url: string, o: SendOptions): Promise<number> {
     process.stderr.write(`asap send: ${noScheme}\n`);
     return 2;
   }
+  const { ASAPClient } = await import('../client/client.js');
   let client: ASAPClient;
   try {
     client = new ASAPClient(url, {
@@ -296,6 +323,10 @@ async function send(url: string, o: SendOptions): Promise<number> {
     process.stderr.write(`asap send: ${(err as Error).message}\n`);
     return 2;
   }
+  // Pushes that arrive while waiting: one NDJSON line each, `{"push": envelope}`, before the reply.
+  const stopPushes = client.onMessage((pushed) => {
+    process.stdout.write(`${JSON.stringify({ push: pushed })}\n`);
+  });
   try {
     const envelope = client.taskEnvelope(o.skill, o.input, o.stream ? { config: { streaming: true } } : {});
     let last: { payload: object } | undefined;
@@ -304,8 +335,10 @@ async function send(url: string, o: SendOptions): Promise<number> {
         process.stdout.write(`${JSON.stringify(chunk)}\n`);
         last = chunk;
       }
+      stopPushes();
     } else {
       last = await client.send(envelope);
+      stopPushes();
       process.stdout.write(`${JSON.stringify(last, null, 2)}\n`);
     }
     const payload = last?.payload as { status?: unknown; result?: unknown } | undefined;
@@ -316,6 +349,7 @@ async function send(url: string, o: SendOptions): Promise<number> {
     );
     return 1;
   } catch (err) {
+    stopPushes();
     return failureExit(err, 'send', o.timeout);
   } finally {
     await client.close();
@@ -331,6 +365,7 @@ async function discover(
     process.stderr.write(`asap discover: ${noScheme}\n`);
     return 2;
   }
+  const { ASAPClient } = await import('../client/client.js');
   let client: ASAPClient;
   try {
     client = new ASAPClient(baseUrl.replace(/^ws(s?):/, 'http$1:'), {
@@ -448,6 +483,13 @@ export async function run(argv: string[]): Promise<number | undefined> {
       'keep dedupe outcomes, nonces, sessions, push routing and counters in Redis (several processes act as one agent)',
     )
     .option('--no-metrics', 'do not serve Prometheus metrics at GET /asap/metrics')
+    .option(
+      '--public-url <url>',
+      'the base URL the manifest advertises behind a proxy (https:// gives wss://)',
+      publicUrlArg,
+    )
+    .option('--trust-proxy', "take the manifest's scheme and host from X-Forwarded-Proto / X-Forwarded-Host")
+    .option('--no-request-log', 'no info log line per finished request')
     .action(async (o: ServeOptions) => {
       code = await serve(o);
     });

@@ -1,8 +1,8 @@
 import { pino } from 'pino';
 import type { Logger } from '../core/logger.js';
+import type { LogLevel } from './log-levels.js';
 
-export const LOG_LEVELS = ['silent', 'error', 'warn', 'info', 'debug'] as const;
-export type LogLevel = (typeof LOG_LEVELS)[number];
+export { LOG_LEVELS, type LogLevel } from './log-levels.js';
 
 /** Structured JSON logs on stderr (stdout belongs to the command's output). Tokens are never logged. */
 export function createLogger(level: LogLevel): Logger {

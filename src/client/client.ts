@@ -1,7 +1,17 @@
+import type { ClientTracing } from '../core/tracing.js';
 import { createEnvelope, type Envelope, type EnvelopeInit } from '../protocol/envelope.js';
 import { ASAPError, ConnectionError } from '../protocol/errors.js';
 import type { Health, Manifest } from '../protocol/manifest.js';
-import type { TaskCancel, TaskRequest, TaskStream } from '../protocol/payloads.js';
+import type {
+  McpResourceData,
+  McpResourceFetch,
+  McpToolCall,
+  McpToolResult,
+  TaskCancel,
+  TaskRequest,
+  TaskResponse,
+  TaskStream,
+} from '../protocol/payloads.js';
 import type { JsonObject } from '../protocol/schema-util.js';
 import { baseUrlOf, HttpTransport, type HttpTransportOptions } from './http-transport.js';
 import { ConnectionPool } from './pool.js';
@@ -35,7 +45,39 @@ export interface ASAPClientOptions {
   retry?: { attempts?: number; baseMs?: number } | false;
   /** Connections per target in the client's own pool (default 1). */
   poolSize?: number;
+  /**
+   * Spans of calls for both transports (see WebSocketTransportOptions.tracing); `websocket.tracing` /
+   * `http.tracing` override it.
+   */
+  tracing?: ClientTracing | false;
 }
+
+/**
+ * The TaskResponse of a task whose `result` has type `R` (what `task<R>()` resolves with): the
+ * handler's returned object. The client does not check `R`: it is what the caller expects.
+ */
+export type TaskResult<R extends object = JsonObject> = Omit<TaskResponse, 'result'> & { result?: R };
+
+/** True when `P` and `X` are the same type (each extends the other). */
+type Same<P, X> = [P] extends [X] ? ([X] extends [P] ? true : false) : false;
+
+/**
+ * The payload of the answer to a request payload `P`: a TaskResponse for a TaskRequest or a
+ * TaskCancel, an McpToolResult for an McpToolCall, McpResourceData for an McpResourceFetch;
+ * `object` for the others (what the peer answers is not fixed by the protocol). Payload types
+ * overlap structurally (a TaskUpdate has every field of a TaskCancel), so `P` must be the type
+ * itself, as `taskEnvelope()` and `createEnvelope<TaskCancel>()` give.
+ */
+export type ReplyPayload<P> =
+  Same<P, TaskRequest> extends true
+    ? TaskResponse
+    : Same<P, TaskCancel> extends true
+      ? TaskResponse
+      : Same<P, McpToolCall> extends true
+        ? McpToolResult
+        : Same<P, McpResourceFetch> extends true
+          ? McpResourceData
+          : object;
 
 export interface TaskOptions extends RequestOptions {
   conversationId?: string;
@@ -90,6 +132,7 @@ export class ASAPClient {
         ...opts.http,
         token: opts.token,
         requestTimeoutMs: opts.http?.requestTimeoutMs ?? opts.requestTimeoutMs,
+        tracing: opts.http?.tracing ?? opts.tracing,
       });
       this.ownsPool = false;
     } else {
@@ -98,7 +141,12 @@ export class ASAPClient {
         opts.pool ??
         new ConnectionPool({
           maxPerTarget: opts.poolSize ?? 1,
-          transport: { token: opts.token, requestTimeoutMs: opts.requestTimeoutMs, ...opts.websocket },
+          transport: {
+            token: opts.token,
+            requestTimeoutMs: opts.requestTimeoutMs,
+            tracing: opts.tracing,
+            ...opts.websocket,
+          },
         });
     }
   }
@@ -127,20 +175,23 @@ export class ASAPClient {
    * its dedupe store: `retry.attempts` times (default 2), after `retry_after_ms` when the peer says,
    * else with backoff from `retry.baseMs` (default 200 ms).
    */
-  async send(
-    envelope: Envelope<object> | EnvelopeInit<object>,
+  async send<P extends object>(
+    envelope: Envelope<P> | EnvelopeInit<P>,
     opts?: RequestOptions,
-  ): Promise<Envelope<object>> {
+  ): Promise<Envelope<ReplyPayload<P>>> {
     if (this.closed) throw new ConnectionError('Client is closed');
     // One envelope (one id) for every attempt.
-    const env = 'id' in envelope && envelope.id ? (envelope as Envelope<object>) : createEnvelope(envelope);
+    const env =
+      'id' in envelope && envelope.id
+        ? (envelope as Envelope<object>)
+        : createEnvelope(envelope as EnvelopeInit<object>);
     const retry = this.opts.retry;
     const attempts = retry === false ? 0 : (retry?.attempts ?? 2);
     for (let attempt = 0; ; attempt++) {
       try {
-        return await (this.http !== undefined
+        return (await (this.http !== undefined
           ? this.http.request(env, opts)
-          : this.transport().request(env, opts));
+          : this.transport().request(env, opts))) as Envelope<ReplyPayload<P>>;
       } catch (err) {
         // Only what the peer answered: a local failure (no answer, timeout) has its own handling
         // (the WebSocket transport resends after a reconnect; a deadline is the caller's).
@@ -187,9 +238,16 @@ export class ASAPClient {
     });
   }
 
-  /** Runs a skill and resolves with the TaskResponse envelope. */
-  task(skillId: string, input: JsonObject = {}, opts: TaskOptions = {}): Promise<Envelope<object>> {
-    return this.send(this.taskEnvelope(skillId, input, opts), opts);
+  /**
+   * Runs a skill and resolves with the TaskResponse envelope; `R` types its `result` (the object
+   * the skill's handler returns), e.g. `client.task<{ echo: string }>('echo', { text })`.
+   */
+  task<R extends object = JsonObject>(
+    skillId: string,
+    input: JsonObject = {},
+    opts: TaskOptions = {},
+  ): Promise<Envelope<TaskResult<R>>> {
+    return this.send(this.taskEnvelope(skillId, input, opts), opts) as Promise<Envelope<TaskResult<R>>>;
   }
 
   /**
@@ -197,7 +255,7 @@ export class ASAPClient {
    * resolves with its answer: a TaskResponse with status `cancelled`; rejects with -32010 when the
    * peer runs no such task. (Aborting the signal of a `task()` sends the same TaskCancel itself.)
    */
-  cancel(taskId: string, opts: RequestOptions & { reason?: string } = {}): Promise<Envelope<object>> {
+  cancel(taskId: string, opts: RequestOptions & { reason?: string } = {}): Promise<Envelope<TaskResponse>> {
     const { reason, ...requestOpts } = opts;
     const payload: TaskCancel = { task_id: taskId };
     if (reason !== undefined) payload.reason = reason;

@@ -1,4 +1,5 @@
 import { abortError, answerEnvelope } from '../core/peer.js';
+import { type ClientTracing, endWhenDone, endWhenSettled } from '../core/tracing.js';
 import { createEnvelope, type Envelope, type EnvelopeInit } from '../protocol/envelope.js';
 import {
   ASAPError,
@@ -14,6 +15,7 @@ import { isJsonObject } from '../protocol/schema-util.js';
 import { cancelEnvelopeFor } from './cancel.js';
 import { type TokenSource, tokenOf } from './runtime.js';
 import { readSSE } from './sse.js';
+import { defaultClientTracing } from './tracing.js';
 
 export interface HttpTransportOptions {
   /** Bearer token, or a provider called for every request. */
@@ -31,6 +33,8 @@ export interface HttpTransportOptions {
   streamUrl?: string;
   /** Bound on one SSE event of a stream (default 10 MiB); a larger one fails the stream. */
   maxEventSize?: number;
+  /** Spans of requests and streams (see WebSocketTransportOptions.tracing); `false` turns them off. */
+  tracing?: ClientTracing | false;
 }
 
 export interface HttpRequestOptions {
@@ -63,6 +67,7 @@ export function streamUrlOf(url: string): string {
 export class HttpTransport {
   private nextId = 1;
   private readonly fetchImpl: typeof fetch;
+  private readonly tracing: ClientTracing | undefined;
   private _negotiatedVersion: string | undefined;
 
   constructor(
@@ -70,6 +75,7 @@ export class HttpTransport {
     private readonly opts: HttpTransportOptions = {},
   ) {
     this.fetchImpl = opts.fetch ?? globalThis.fetch.bind(globalThis);
+    this.tracing = opts.tracing === false ? undefined : (opts.tracing ?? defaultClientTracing());
   }
 
   /** The `ASAP-Version` the server answered with last; undefined before the first response carrying it. */
@@ -83,11 +89,17 @@ export class HttpTransport {
   }
 
   /** Sends an envelope and resolves with the response envelope, checked to bind to it. */
-  async request(
+  request(
     init: Envelope<object> | EnvelopeInit<object>,
     opts: HttpRequestOptions = {},
   ): Promise<Envelope<object>> {
     const envelope = toEnvelope(init);
+    const call = this.tracing?.startCall(envelope, 'request', 'http');
+    const answer = this.post(call?.envelope ?? envelope, opts);
+    return call === undefined ? answer : endWhenSettled(call, answer);
+  }
+
+  private async post(envelope: Envelope<object>, opts: HttpRequestOptions): Promise<Envelope<object>> {
     const id = this.nextId++;
     const body = encodeEnvelopeRequest(METHOD_SEND, envelope, id);
     const signal = opts.signal;
@@ -126,11 +138,20 @@ export class HttpTransport {
    * holds a chunk); the body is read only as the consumer pulls. Leaving the loop early, or the
    * signal, aborts the request, so the server stops the handler.
    */
-  async *stream(
+  stream(
     init: Envelope<object> | EnvelopeInit<object>,
     opts: HttpRequestOptions = {},
   ): AsyncGenerator<Envelope<TaskStream>, void, undefined> {
     const envelope = toEnvelope(init);
+    const call = this.tracing?.startCall(envelope, 'stream', 'http');
+    if (call === undefined) return this.streamOf(envelope, opts);
+    return endWhenDone(call, this.streamOf(call.envelope, opts));
+  }
+
+  private async *streamOf(
+    envelope: Envelope<object>,
+    opts: HttpRequestOptions,
+  ): AsyncGenerator<Envelope<TaskStream>, void, undefined> {
     const body = encodeEnvelopeRequest(METHOD_SEND, envelope, this.nextId++);
     const url = this.streamUrl;
     const timeoutMs = opts.timeoutMs ?? this.opts.requestTimeoutMs ?? 60_000;
@@ -270,9 +291,20 @@ export class HttpTransport {
     } catch (err) {
       if (timeout.aborted) throw new RequestTimeoutError(`No response from ${url} within ${timeoutMs} ms`);
       if (opts.signal?.aborted) throw new RequestAbortedError();
-      throw new ConnectionError(`Cannot reach ${url}: ${(err as Error).message}`);
+      throw new ConnectionError(`Cannot reach ${url}: ${fetchFailure(err)}`);
     }
   }
+}
+
+/**
+ * What a failed fetch says happened: Node's fetch rejects with a bare `fetch failed` and puts the
+ * socket's error (`connect ECONNREFUSED 127.0.0.1:9`, a TLS error, …) in `cause`; browsers give a
+ * TypeError with no detail.
+ */
+function fetchFailure(err: unknown): string {
+  const cause = (err as { cause?: unknown }).cause;
+  if (cause instanceof Error && cause.message !== '') return cause.message;
+  return err instanceof Error ? err.message : String(err);
 }
 
 /** An envelope as given, or one completed from an init (id, timestamp). */

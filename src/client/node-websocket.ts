@@ -20,7 +20,12 @@ class NodeWebSocket implements WebSocketLike {
       this.onmessage?.({ data: isBinary ? data : data.toString() });
     });
     ws.on('close', (code: number, reason: Buffer) => this.onclose?.({ code, reason: reason.toString() }));
-    ws.on('error', (error: Error) => this.onerror?.({ error, message: error.message }));
+    ws.on('error', (error: Error) => {
+      // What happened, in words (the HTTP status of a refused upgrade, a refused connection, a TLS
+      // failure), with ws's own error as the cause: the close that follows says only 1006.
+      const described = new Error(describeWsError(error, ws.url), { cause: error });
+      this.onerror?.({ error: described, message: described.message });
+    });
   }
 
   get readyState(): number {
@@ -48,6 +53,67 @@ class NodeWebSocket implements WebSocketLike {
   terminate(): void {
     this.ws.terminate();
   }
+}
+
+/** The fields Node's network and TLS errors carry besides the message. */
+interface SystemError extends Error {
+  code?: string;
+  address?: string;
+  port?: number;
+  hostname?: string;
+}
+
+/** `host:port` of a URL, for messages (the default port of its scheme when it names none). */
+function hostPort(url: string): string {
+  try {
+    const u = new URL(url);
+    const port = u.port || (u.protocol === 'wss:' || u.protocol === 'https:' ? '443' : '80');
+    return `${u.hostname}:${port}`;
+  } catch {
+    return url;
+  }
+}
+
+/** Node's TLS failures: OpenSSL errors (EPROTO, ERR_SSL_*), certificate checks (ERR_TLS_*, *CERT*). */
+function isTlsError(error: SystemError): boolean {
+  const code = error.code ?? '';
+  return (
+    code === 'EPROTO' ||
+    code.startsWith('ERR_SSL_') ||
+    code.startsWith('ERR_TLS_') ||
+    /CERT|SELF_SIGNED/.test(code) ||
+    error.message.includes('SSL routines')
+  );
+}
+
+/**
+ * @internal One line saying why a `ws` connection failed: `HTTP 404 on WebSocket upgrade to URL`,
+ * `connection refused (HOST:PORT)`, `host not found (HOST)`, `TLS error: REASON (URL)`; else ws's message.
+ */
+export function describeWsError(error: SystemError, url: string): string {
+  const status = /^Unexpected server response: (\d+)$/.exec(error.message);
+  if (status !== null) return `HTTP ${status[1]} on WebSocket upgrade to ${url}`;
+  const where =
+    error.address !== undefined && error.port !== undefined
+      ? `${error.address}:${error.port}`
+      : hostPort(url);
+  switch (error.code) {
+    case 'ECONNREFUSED':
+      return `connection refused (${where})`;
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return `host not found (${error.hostname ?? hostPort(url)})`;
+    case 'ETIMEDOUT':
+      return `connection timed out (${where})`;
+    case 'ECONNRESET':
+      return `connection reset (${where})`;
+  }
+  if (isTlsError(error)) {
+    // OpenSSL's "…:error:0A00010B:SSL routines:ssl3_get_record:wrong version number:…" → its reason.
+    const reason = /SSL routines:[^:]*:([^:]+)/.exec(error.message)?.[1] ?? error.message;
+    return `TLS error: ${reason.trim()} (${url})`;
+  }
+  return error.message;
 }
 
 /** @internal A factory over the `ws` constructor given: the token goes in the Authorization header. */

@@ -63,7 +63,7 @@ const decoder = new TextDecoder();
 /**
  * A WebSocket that comes back: the connection state machine, connect
  * timeout, heartbeat, reconnection with backoff, and the queue of frames
- * written while disconnected. The {@link Peer} above it decides what is sent
+ * written while disconnected. The {@link core!Peer} above it decides what is sent
  * again; this only moves frames (engine.io-client under socket.io's manager).
  */
 export class ReconnectingChannel extends Emitter<ChannelEvents> implements Channel {
@@ -226,12 +226,19 @@ export class ReconnectingChannel extends Emitter<ChannelEvents> implements Chann
       const data = ev.data;
       this.sink.message(typeof data === 'string' ? data : decoder.decode(data as ArrayBuffer));
     };
+    // What the socket said went wrong, if it says (ws does; a browser's error event carries nothing):
+    // a handshake that fails then ends with this message instead of a bare `Connection closed (1006)`.
+    let failure: ConnectionError | undefined;
     socket.onerror = (ev) => {
+      const error = (ev as { error?: unknown }).error;
       const message =
-        (ev as { message?: string; error?: Error }).error?.message ?? (ev as { message?: string }).message;
-      this.emit('error', new ConnectionError(message ?? 'WebSocket error'));
+        (error instanceof Error ? error.message : undefined) ?? (ev as { message?: string }).message;
+      const err = new ConnectionError(message ?? 'WebSocket error');
+      if (error !== undefined) err.cause = error;
+      if (message !== undefined) failure = err;
+      this.emit('error', err);
     };
-    socket.onclose = (ev) => this.onClose(socket, ev.code, ev.reason);
+    socket.onclose = (ev) => this.onClose(socket, ev.code, ev.reason, failure);
     // A handshake the server never answers (a partition, a stalled peer) counts as silence too:
     // after 3 heartbeat intervals the attempt is dropped, so a reconnect can never get stuck.
     const interval = this.opts.heartbeatIntervalMs ?? 30_000;
@@ -266,7 +273,7 @@ export class ReconnectingChannel extends Emitter<ChannelEvents> implements Chann
     if (reconnected) this.emit('reconnected', { attempts });
   }
 
-  private onClose(socket: WebSocketLike, code: number, reason: string): void {
+  private onClose(socket: WebSocketLike, code: number, reason: string, failure?: ConnectionError): void {
     if (socket !== this.socket) return;
     this.socket = undefined;
     this.stopTimer('heartbeatTimer');
@@ -295,10 +302,14 @@ export class ReconnectingChannel extends Emitter<ChannelEvents> implements Chann
       return;
     }
     if (!wasOpen) this.opts.health?.recordFailure();
-    const err = new ConnectionError(`Connection closed (${code}${reason ? ` ${reason}` : ''})`, {
-      code,
-      reason,
-    });
+    // A connection that never opened ends with what the socket reported (HTTP status, refusal, TLS).
+    const err = new ConnectionError(
+      !wasOpen && failure !== undefined
+        ? failure.message
+        : `Connection closed (${code}${reason ? ` ${reason}` : ''})`,
+      { code, reason },
+    );
+    if (failure !== undefined) err.cause = failure.cause ?? failure;
     if (!this.everOpened || this.opts.reconnect === false) {
       this.end(err);
       return;

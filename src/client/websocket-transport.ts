@@ -5,10 +5,12 @@ import { CircuitBreaker, type CircuitBreakerOptions, type CircuitState } from '.
 import { Dispatcher, type Session } from '../core/dispatcher.js';
 import { Emitter } from '../core/emitter.js';
 import { ExpiringMap } from '../core/expiring-map.js';
+import { guardInstrumentation, type Instrumentation } from '../core/instrumentation.js';
 import { type Logger, silentLogger } from '../core/logger.js';
 import { Peer, type PeerRequestOptions } from '../core/peer.js';
 import type { HandlerRegistry } from '../core/registry.js';
 import { systemTimers, type Timers } from '../core/timers.js';
+import { type ClientTracing, endWhenDone, endWhenSettled } from '../core/tracing.js';
 import { createEnvelope, type Envelope, type EnvelopeInit, validateEnvelope } from '../protocol/envelope.js';
 import { ASAPError, ConnectionError } from '../protocol/errors.js';
 import {
@@ -26,6 +28,7 @@ import { isJsonObject } from '../protocol/schema-util.js';
 import { cancelEnvelopeFor } from './cancel.js';
 import { type ChannelEvents, ReconnectingChannel, type TransportState } from './reconnecting-channel.js';
 import { defaultWebSocketFactory, type TokenSource, type WebSocketFactory } from './runtime.js';
+import { defaultClientTracing } from './tracing.js';
 
 export type { TransportState };
 
@@ -63,7 +66,12 @@ export interface WebSocketTransportOptions {
   circuitBreaker?: CircuitBreakerOptions | false;
   /** Handlers for reverse requests the server sends (same registry as a server's). */
   registry?: HandlerRegistry;
-  /** Pushed envelopes kept for `receive()` (default 1,000; the oldest is dropped past it). */
+  /**
+   * Hooks told of retransmissions, acks received, reconnections and circuit changes (e.g. the
+   * Prometheus counters of `clientMetrics()` from `asap-ts/client`).
+   */
+  instrumentation?: Instrumentation;
+  /** Envelopes kept for `receive()`, pushes and answers (default 1,000; the oldest is dropped past it). */
   maxBufferedPushes?: number;
   /**
    * Open a session (asap-wire.md §12) and resume it after a reconnect, so pushes sent while
@@ -74,6 +82,12 @@ export interface WebSocketTransportOptions {
   /** Granularity of the single timer that enforces deadlines and ack timeouts (default 100 ms). */
   timerResolutionMs?: number;
   logger?: Logger;
+  /**
+   * A span per request and stream, its W3C traceparent sent in `extensions.traceparent` (asap-wire.md
+   * §13). Default in Node: OpenTelemetry, recording once the application registers a TracerProvider;
+   * in a browser none (pass `otelTracing(api)` of `asap-ts/otel`). `false` turns it off.
+   */
+  tracing?: ClientTracing | false;
   /** Clock and timers of deadlines, acks, heartbeat and backoff (default: the system's). */
   timers?: Timers;
 }
@@ -89,6 +103,11 @@ export interface CancelOptions extends RequestOptions {
   sender?: string;
   /** Recipient of the TaskCancel (default: as `sender`). */
   recipient?: string;
+}
+
+/** An answer to `send()` that is an error, kept in the inbox in its place. */
+class Failed {
+  constructor(readonly error: unknown) {}
 }
 
 export interface TransportEvents extends ChannelEvents {
@@ -121,10 +140,12 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
   private readonly channel: ReconnectingChannel;
   private readonly peer: Peer;
   private readonly breaker: CircuitBreaker | undefined;
-  private readonly pushes: AsyncQueue<Envelope<object>>;
+  /** What `receive()` yields: pushes, and the answers to `send()` (a failed one as its error). */
+  private readonly inbox: AsyncQueue<Envelope<object> | Failed>;
   /** Pushes seen lately (sender + id), so a retransmitted push is acked again but delivered once. */
   private readonly seenPushes: ExpiringMap<true>;
   private readonly dispatcher: Dispatcher | undefined;
+  private readonly tracing: ClientTracing | undefined;
   /** The session (§12) and the highest seq delivered in it. */
   private session: { id: string; lastSeq: number } | undefined;
   /** The last request sent (its addresses are those of a `cancel()` of a task not pending here). */
@@ -134,6 +155,7 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
     super();
     this.logger = opts.logger ?? silentLogger;
     this.timers = opts.timers ?? systemTimers;
+    const hooks = guardInstrumentation(opts.instrumentation, this.logger);
     this.breaker =
       opts.circuitBreaker === false
         ? undefined
@@ -141,6 +163,7 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
             clock: this.timers,
             ...opts.circuitBreaker,
             onStateChange: (s, prev) => {
+              hooks?.circuitChanged?.(s, prev);
               this.emit('circuit', s, prev);
               if (typeof opts.circuitBreaker === 'object') opts.circuitBreaker.onStateChange?.(s, prev);
             },
@@ -172,6 +195,7 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
                 : { session_id: this.session.id, last_seq: this.session.lastSeq };
             this.channel.send(encodeNotification(METHOD_RESUME, params));
           }
+          if (reconnected) hooks?.reconnected?.();
           if (reconnected && resend) this.peer.reconnected();
         },
         dropped: (err) => this.peer.disconnected(err, resend),
@@ -192,9 +216,11 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
       timers: this.timers,
       logger: this.logger,
       onAbort: (env) => this.cancelAborted(env),
+      instrumentation: hooks,
     });
     this.seenPushes = new ExpiringMap<true>(600_000, 10_000, this.timers);
-    this.pushes = new AsyncQueue<Envelope<object>>(undefined, opts.maxBufferedPushes ?? 1000);
+    this.inbox = new AsyncQueue<Envelope<object> | Failed>(undefined, opts.maxBufferedPushes ?? 1000);
+    this.tracing = opts.tracing === false ? undefined : (opts.tracing ?? defaultClientTracing());
     if (opts.registry !== undefined) {
       this.dispatcher = new Dispatcher({ registry: opts.registry, logger: this.logger, timers: this.timers });
     }
@@ -243,18 +269,38 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
     return this.on('message', callback);
   }
 
-  /** The next pushed envelope (buffered when nobody is waiting). */
+  /**
+   * The next envelope addressed to this client, in arrival order: server pushes and the answers to
+   * {@link send} (buffered when nobody is waiting). An answer that is an error (the server's
+   * JSON-RPC error, a timeout, a lost connection) rejects here, in its place in the order.
+   */
   async receive(): Promise<Envelope<object>> {
-    const r = await this.pushes.next();
+    const r = await this.inbox.next();
     if (r.done) throw new ConnectionError('Transport closed');
+    if (r.value instanceof Failed) throw r.value.error;
     return r.value;
   }
 
   /**
-   * Sends an envelope as a notification (no response). When it requires an
-   * ack, resolves once acknowledged; otherwise once written (or queued).
+   * Sends an envelope as a request whose answer {@link receive} yields (the `connect / send /
+   * receive` pattern); {@link request} instead resolves with the answer itself. Resolves once the
+   * request is written or queued; rejects at once when the transport refuses it (closed, circuit open).
    */
-  send(init: Envelope<object> | EnvelopeInit<object>): Promise<void> {
+  send(init: Envelope<object> | EnvelopeInit<object>, opts?: RequestOptions): Promise<void> {
+    const refused = this.refuse();
+    if (refused) return Promise.reject(refused);
+    this.request(init, opts).then(
+      (answer) => this.inbox.push(answer),
+      (err: unknown) => this.inbox.push(new Failed(err)),
+    );
+    return Promise.resolve();
+  }
+
+  /**
+   * Sends an envelope as a notification (`asap.send`): the server answers nothing. When it
+   * requires an ack, resolves once acknowledged; otherwise once written (or queued).
+   */
+  notify(init: Envelope<object> | EnvelopeInit<object>): Promise<void> {
     const refused = this.refuse();
     if (refused) return Promise.reject(refused);
     return this.peer.send(this.prepare(init));
@@ -264,9 +310,12 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
   request(init: Envelope<object> | EnvelopeInit<object>, opts?: RequestOptions): Promise<Envelope<object>> {
     const refused = this.refuse();
     if (refused) return Promise.reject(refused);
-    const env = this.prepare(init);
+    const prepared = this.prepare(init);
+    const call = this.tracing?.startCall(prepared, 'request', 'websocket');
+    const env = call?.envelope ?? prepared;
     this.lastRequest = env;
-    return this.peer.request(env, opts);
+    const answer = this.peer.request(env, opts);
+    return call === undefined ? answer : endWhenSettled(call, answer);
   }
 
   /**
@@ -302,9 +351,12 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
       failed.fail(refused);
       return failed;
     }
-    const env = this.prepare(init);
+    const prepared = this.prepare(init);
+    const call = this.tracing?.startCall(prepared, 'stream', 'websocket');
+    const env = call?.envelope ?? prepared;
     this.lastRequest = env;
-    return this.peer.stream(env, opts);
+    const chunks = this.peer.stream(env, opts);
+    return call === undefined ? chunks : endWhenDone(call, chunks);
   }
 
   /** Closes the connection for good: no reconnect; everything pending fails. Idempotent. */
@@ -392,7 +444,7 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
     const key = `${env.sender}\u0000${env.id}`;
     if (this.seenPushes.get(key) !== undefined) return;
     this.seenPushes.set(key, true);
-    this.pushes.push(env);
+    this.inbox.push(env);
     this.emit('message', env);
   }
 
@@ -409,7 +461,7 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
       write: (text) => {
         this.channel.send(text);
       },
-      push: (env) => this.send(env),
+      push: (env) => this.notify(env),
     };
     const answer = await this.dispatcher.handle(frame, session);
     if (answer !== undefined) this.channel.send(answer);
@@ -418,7 +470,7 @@ export class WebSocketTransport extends Emitter<TransportEvents> {
   /** Fails everything pending and stops every timer. */
   private shutdown(err: Error): void {
     this.peer.close(err);
-    this.pushes.end();
+    this.inbox.end();
     this.dispatcher?.close(err);
   }
 

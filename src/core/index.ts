@@ -33,3 +33,11 @@ export * from './replay.js';
 export * from './session-store.js';
 export * from './timers.js';
 export * from './token-bucket.js';
+export type {
+  ClientCall,
+  ClientTracing,
+  RequestSpan,
+  ServerTracing,
+  TracedRequest,
+  Tracing,
+} from './tracing.js';

@@ -21,6 +21,10 @@ export interface RequestInfo {
   traceparent?: string;
 }
 
+/**
+ * The RequestInfo given to `requestStarted`, completed in place: hooks get the same object at
+ * both ends of a request (copy what you keep beyond the hook).
+ */
 export interface RequestFinishedInfo extends RequestInfo {
   /** `error` when the answer is a JSON-RPC error (handler error, deadline, cancel by shutdown, …). */
   outcome: 'ok' | 'error';
@@ -84,6 +88,14 @@ export interface Instrumentation {
   ackReceived?(status: string): void;
   /** An unacknowledged envelope was sent again (asap-wire.md §6). */
   retransmitted?(envelopeId: string): void;
+  /** A push was written to a connection; `replayed` when a session resume sent it again (§12). */
+  pushSent?(replayed: boolean): void;
+  /** A shared-store operation (Redis) finished, `ok` false when it failed or timed out. */
+  storeOperation?(durationMs: number, ok: boolean): void;
+  /** A client's connection was opened again after a drop. */
+  reconnected?(): void;
+  /** A client's circuit breaker changed state (`closed`, `open`, `half-open`). */
+  circuitChanged?(state: string, previous: string): void;
   connectionOpened?(info: ConnectionInfo): void;
   connectionClosed?(info: ConnectionClosedInfo): void;
 }
@@ -101,6 +113,10 @@ const HOOK_NAMES = [
   'ackSent',
   'ackReceived',
   'retransmitted',
+  'pushSent',
+  'storeOperation',
+  'reconnected',
+  'circuitChanged',
   'connectionOpened',
   'connectionClosed',
 ] as const satisfies readonly HookName[];
@@ -159,15 +175,24 @@ export function requestInfo(
   payloadType: string,
   skill: string | undefined,
 ): RequestInfo {
-  const info: RequestInfo = { transport, payloadType, sender: env.sender, envelopeId: env.id };
-  if (skill !== undefined) info.skill = skill;
-  const traceparent = env.extensions?.traceparent;
-  if (typeof traceparent === 'string') info.traceparent = traceparent;
-  if (typeof env.trace_id === 'string' && env.trace_id !== '') info.traceId = env.trace_id;
-  else if (info.traceparent !== undefined) {
-    const m = TRACEPARENT.exec(info.traceparent);
-    if (m !== null) info.traceId = m[1];
-  }
+  // Every field set from the start (requestFinished's too), so that the object keeps one shape
+  // from requestStarted to requestFinished, which completes it in place.
+  const extension = env.extensions?.traceparent;
+  const traceparent = typeof extension === 'string' ? extension : undefined;
+  let traceId = typeof env.trace_id === 'string' && env.trace_id !== '' ? env.trace_id : undefined;
+  if (traceId === undefined && traceparent !== undefined) traceId = TRACEPARENT.exec(traceparent)?.[1];
+  const info: RequestFinishedInfo = {
+    transport,
+    payloadType,
+    skill,
+    sender: env.sender,
+    envelopeId: env.id,
+    traceId,
+    traceparent,
+    outcome: 'ok',
+    errorCode: undefined,
+    durationMs: 0,
+  };
   return info;
 }
 

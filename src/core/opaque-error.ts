@@ -50,7 +50,10 @@ export function handlerError(logger: Logger, err: unknown, expose: boolean, cont
   if (!expose || RUNTIME_ERRORS.some((T) => err instanceof T)) return opaqueError(logger, err, context);
   const message = err instanceof Error ? err.message : typeof err === 'string' ? err : '';
   if (message === '') return opaqueError(logger, err, context);
-  logger.error({ ...context, err: message }, 'handler failed');
+  logger.error(
+    { ...context, err: message, stack: err instanceof Error ? err.stack : undefined },
+    'handler failed',
+  );
   return ASAPError.internal(message);
 }
 

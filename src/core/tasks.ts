@@ -12,6 +12,7 @@ import type { Logger } from './logger.js';
 import { handlerError } from './opaque-error.js';
 import type { Handler, HandlerContext, HandlerResult, PushInit, TransportKind } from './registry.js';
 import type { Timer, Timers } from './timers.js';
+import { carryTrace, type RequestSpan } from './tracing.js';
 
 export interface TaskRuntimeOptions {
   logger: Logger;
@@ -47,6 +48,8 @@ class TaskScope<P extends object = JsonObject> implements HandlerContext<P> {
     readonly isTask: boolean,
     private readonly session: Session,
     private readonly owner: TaskRuntime,
+    /** The request's span when a tracer records it. */
+    readonly traceSpan: RequestSpan | undefined,
   ) {}
 
   get logger(): Logger {
@@ -91,7 +94,9 @@ class TaskScope<P extends object = JsonObject> implements HandlerContext<P> {
   push(envelope: Envelope<object> | PushInit<object>): Promise<void> {
     if (this.done) return Promise.reject(this.abortReason ?? ASAPError.invalidState('Task is over'));
     if (this.session.closed === true) return Promise.reject(PEER_GONE);
-    const pushed = this.session.push(this.toEnvelope(envelope));
+    const env = this.toEnvelope(envelope);
+    const span = this.traceSpan;
+    const pushed = span === undefined ? this.session.push(env) : span.push(env, () => this.session.push(env));
     const pause = this.owner.turns.pause();
     return pause === undefined ? pushed : pushed.then(() => pause);
   }
@@ -99,19 +104,22 @@ class TaskScope<P extends object = JsonObject> implements HandlerContext<P> {
   pushTo(agentUrn: string, envelope: Envelope<object> | PushInit<object>): Promise<number> {
     if (this.done) return Promise.reject(this.abortReason ?? ASAPError.invalidState('Task is over'));
     const env = this.toEnvelope({ recipient: agentUrn, ...envelope });
-    const pushed = this.owner.pushTo(agentUrn, env);
+    const span = this.traceSpan;
+    const pushed =
+      span === undefined
+        ? this.owner.pushTo(agentUrn, env)
+        : span.push(env, () => this.owner.pushTo(agentUrn, env));
     const pause = this.owner.turns.pause();
     return pause === undefined ? pushed : pushed.then((n) => pause.then(() => n));
   }
 
   private toEnvelope(envelope: Envelope<object> | PushInit<object>): Envelope<object> {
     if ('id' in envelope && 'timestamp' in envelope) return envelope;
-    return createEnvelope({
-      sender: this.envelope.recipient,
-      recipient: this.envelope.sender,
-      trace_id: this.envelope.trace_id,
-      ...envelope,
-    });
+    // The request's trace_id and traceparent, unless the push names its own (asap-wire.md §13).
+    return carryTrace(
+      createEnvelope({ sender: this.envelope.recipient, recipient: this.envelope.sender, ...envelope }),
+      this.envelope,
+    );
   }
 
   reply<Q extends object>(payloadType: string, payload: Q): Envelope<Q> {
@@ -222,10 +230,11 @@ export class TaskRuntime {
     id: JsonRpcId | undefined,
     collect: boolean,
     info: RequestInfo | undefined,
+    span: RequestSpan | undefined,
   ): Outcome | Promise<Outcome> {
     const isTask = key === 'taskrequest';
     const taskId = isTask || typeof env.payload.task_id !== 'string' ? env.id : env.payload.task_id;
-    const scope = new TaskScope(env, taskId, isTask, session, this);
+    const scope = new TaskScope(env, taskId, isTask, session, this, span);
     let result: HandlerResult | Promise<HandlerResult>;
     try {
       result = handler(env, scope);
@@ -295,6 +304,7 @@ export class TaskRuntime {
     }
     // Not once the scope is over (deadline, shutdown): its request already finished.
     if (info !== undefined && !scope.done) this.hooks!.handlerError?.(info, err);
+    if (scope.traceSpan !== undefined && !scope.done) scope.traceSpan.exception(err);
     const e = handlerError(this.logger, err, this.exposeHandlerErrors, {
       envelope_id: env.id,
       payload_type: env.payload_type,
@@ -316,7 +326,7 @@ export class TaskRuntime {
     }
     const obj = r as JsonObject;
     if (isEnvelopeLike(obj)) {
-      const reply = obj as Envelope<object>;
+      const reply = carryTrace(obj as Envelope<object>, env);
       if (reply.correlation_id == null) reply.correlation_id = env.id;
       return { kind: 'result', envelope: JSON.stringify(reply) };
     }
@@ -346,7 +356,8 @@ export class TaskRuntime {
     for await (const chunk of source) {
       if (scope.done) break;
       if (info !== undefined) this.hooks!.streamChunk?.(info);
-      const reply = isEnvelopeLike(chunk) ? chunk : createReply(env, 'TaskStream', chunk);
+      scope.traceSpan?.chunk();
+      const reply = isEnvelopeLike(chunk) ? carryTrace(chunk, env) : createReply(env, 'TaskStream', chunk);
       if (reply.correlation_id == null) reply.correlation_id = env.id;
       if (reply.payload.final === true) return { kind: 'result', envelope: JSON.stringify(reply) };
       if (live) {

@@ -116,10 +116,11 @@ export function createEnvelope<P extends object>(init: EnvelopeInit<P>): Envelop
 
 /**
  * The reply to `request`: sender and recipient swapped, `correlation_id` set to
- * the request's id, `trace_id` carried over, same `asap_version`.
+ * the request's id, `trace_id` and `extensions.traceparent` carried over (asap-wire.md §13),
+ * same `asap_version`.
  */
 export function createReply<P extends object>(
-  request: Pick<Envelope<object>, 'id' | 'sender' | 'recipient' | 'asap_version' | 'trace_id'>,
+  request: Pick<Envelope<object>, 'id' | 'sender' | 'recipient' | 'asap_version' | 'trace_id' | 'extensions'>,
   payloadType: string,
   payload: P,
   extra?: Pick<EnvelopeInit<P>, 'extensions' | 'requires_ack'>,
@@ -137,7 +138,13 @@ export function createReply<P extends object>(
   };
   if (request.trace_id != null) env.trace_id = request.trace_id;
   if (extra?.requires_ack) env.requires_ack = true;
-  if (extra?.extensions != null) env.extensions = extra.extensions;
+  const traceparent = request.extensions?.traceparent;
+  if (extra?.extensions != null) {
+    env.extensions =
+      typeof traceparent === 'string' && extra.extensions.traceparent === undefined
+        ? { ...extra.extensions, traceparent }
+        : extra.extensions;
+  } else if (typeof traceparent === 'string') env.extensions = { traceparent };
   return env;
 }
 

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { createClient, ErrorReply, type RedisClientType } from '@redis/client';
 import { ulid } from 'ulid';
 import { backoffDelay } from '../core/backoff.js';
+import type { Instrumentation } from '../core/instrumentation.js';
 import { type Logger, silentLogger } from '../core/logger.js';
 import { ASAPError } from '../protocol/errors.js';
 
@@ -54,6 +55,8 @@ export class RedisConnection {
   private drained: (() => void) | undefined;
   /** True from an outage until both connections are ready again (so it is logged once). */
   private down = false;
+  /** Told of every operation of {@link run} (`storeOperation`), when set. */
+  hooks: Instrumentation | undefined;
 
   /** @internal Use {@link connectRedis}. */
   constructor(
@@ -109,9 +112,14 @@ export class RedisConnection {
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(STALLED), this.commandTimeoutMs);
     });
+    const hooks = this.hooks;
+    const started = hooks?.storeOperation === undefined ? 0 : performance.now();
     try {
-      return await Promise.race([op(this.client), deadline]);
+      const result = await Promise.race([op(this.client), deadline]);
+      if (started !== 0) hooks!.storeOperation!(performance.now() - started, true);
+      return result;
     } catch (err) {
+      if (started !== 0) hooks!.storeOperation!(performance.now() - started, err instanceof ASAPError);
       if (err instanceof ASAPError) throw err;
       if (err === STALLED) this.stall();
       else this.logger.warn({ err: (err as Error).message }, 'Redis command failed');

@@ -69,6 +69,9 @@ export async function redisStore(url: string, opts: RedisStoreOptions = {}): Pro
       return adapter;
     },
     increment: (key) => connection.run((c) => c.incr(connection.key('c', key))),
+    instrument(hooks) {
+      connection.hooks = hooks;
+    },
     get available() {
       return connection.available;
     },

@@ -55,6 +55,8 @@ export interface ConnectionDeps {
   /** The connection now speaks as `urn` (index it for push). */
   identify(connection: Connection, urn: string): void;
   closed(connection: Connection, code: number, reason: string): void;
+  /** Its socket failed, or the engine failed around one of its requests (already logged). */
+  failed?(connection: Connection, err: unknown, source: 'socket' | 'engine', errorId?: string): void;
 }
 
 /** A snapshot of one connection, as `server.connections` lists it. */
@@ -296,6 +298,8 @@ export class Connection implements Session, PushTarget {
   private dispatchFailed(frame: Frame, err: unknown): void {
     // (e.g. a shared dedupe store failed) A request must still get an answer, and never the cause.
     const e = engineError(this.deps.logger, err, { conn: this.id });
+    // A failure the caller was not meant to see (an ASAPError a store chose is an answer, not one).
+    if (e !== err) this.deps.failed?.(this, err, 'engine', (e.data as { error_id?: string }).error_id);
     if (frame.kind === 'request') void this.write(encodeError(frame.id, e));
   }
 
@@ -447,12 +451,17 @@ export class Connection implements Session, PushTarget {
     if (this.sessionId !== undefined)
       return this.deps.sessions!.push(this.sessionId, this.peer.withAck(envelope));
     if (!this.isOpen) return Promise.reject(new ConnectionError('Connection is closed'));
+    this.deps.instrumentation?.pushSent?.(false);
     return this.peer.send(this.peer.withAck(envelope));
   }
 
-  /** @internal Writes one push kept in this connection's session, with its seq (§12). */
-  deliver(entry: SessionEntry): void {
+  /**
+   * @internal Writes one push kept in this connection's session, with its seq (§12); `replayed`
+   * when a resume sends it again.
+   */
+  deliver(entry: SessionEntry, replayed = false): void {
     const envelope = JSON.parse(entry.envelope) as Envelope<object>;
+    this.deps.instrumentation?.pushSent?.(replayed);
     this.peer.send(envelope, entry.seq).catch((err: unknown) => {
       this.deps.logger.debug(
         { conn: this.id, seq: entry.seq, err: (err as Error).message },
@@ -533,6 +542,7 @@ export class Connection implements Session, PushTarget {
   /** @internal */
   socketError(err: Error): void {
     this.deps.logger.debug({ conn: this.id, err: err.message }, 'websocket error');
+    this.deps.failed?.(this, err, 'socket');
   }
 
   /** @internal */

@@ -40,7 +40,16 @@ export interface HttpBindingDeps {
   /** Token check; undefined when the server is open. */
   readonly authenticate: AuthCheck | undefined;
   manifestFor(req: IncomingMessage): object;
+  /** `Vary` of the manifest answer: the request headers its endpoints are built from, if any. */
+  readonly manifestVary?: string;
   health(): { status: number; body: object };
+  /** `GET` routes of the liveness and readiness probes; undefined when probes are off. */
+  readonly livenessPath?: string;
+  readonly readinessPath?: string;
+  /** The readiness probe's status and body. */
+  readiness(): { status: number; body: object };
+  /** The engine failed around a request (already logged); `errorId` is what the caller got, if anything. */
+  failed(err: unknown, errorId: string | undefined): void;
   /** Which browser origins may call us (asap-wire.md §10). */
   readonly origins: OriginPolicy;
   readonly instrumentation: Instrumentation | undefined;
@@ -114,6 +123,8 @@ const noPush = (): Promise<void> => Promise.resolve();
 /** HTTP has no channel back to the caller: writes and pushes go nowhere. */
 const ANONYMOUS: Session = { transport: 'http', interactive: false, write: noWrite, push: noPush };
 const OPEN = { ok: true, principal: undefined } as const;
+/** The liveness probe's answer: the process serves. */
+const LIVE = { status: 200, body: { status: 'ok' } } as const;
 
 function sendJson(
   res: ServerResponse,
@@ -182,7 +193,8 @@ export class HttpBinding {
     const stream = path === this.streamPath;
     const rpc = stream || path === h.rpcPath;
     const metrics = h.metricsPath !== undefined && path === h.metricsPath;
-    const ours = rpc || metrics || path === h.manifestPath || path === h.healthPath;
+    const probe = path === h.livenessPath || path === h.readinessPath;
+    const ours = rpc || metrics || probe || path === h.manifestPath || path === h.healthPath;
     // §11: every answer of the JSON-RPC routes says which transport version it speaks.
     const version = rpc ? negotiateVersion(req.headers['asap-version']) : undefined;
     if (version !== undefined)
@@ -212,13 +224,18 @@ export class HttpBinding {
       }
       return true;
     }
-    if (path === h.manifestPath || path === h.healthPath) {
+    if (probe || path === h.manifestPath || path === h.healthPath) {
       if (req.method !== 'GET' && req.method !== 'HEAD') {
         sendJson(res, 405, JSON.stringify({ error: 'Method not allowed' }), { allow: 'GET, HEAD' });
       } else if (path === h.manifestPath) {
+        if (h.manifestVary !== undefined) {
+          const vary = res.getHeader('vary');
+          res.setHeader('vary', vary === undefined ? h.manifestVary : `${String(vary)}, ${h.manifestVary}`);
+        }
         sendJson(res, 200, JSON.stringify(h.manifestFor(req)), { 'cache-control': 'public, max-age=60' });
       } else {
-        const { status, body } = h.health();
+        const { status, body } =
+          path === h.healthPath ? h.health() : path === h.readinessPath ? h.readiness() : LIVE;
         sendJson(res, status, JSON.stringify(body), { 'cache-control': 'no-store' });
       }
       return true;
@@ -237,7 +254,11 @@ export class HttpBinding {
       });
       res.end(body);
     } catch (err) {
-      this.host.logger.error({ err: err instanceof Error ? err.message : String(err) }, 'metrics failed');
+      this.host.logger.error(
+        err instanceof Error ? { err: err.message, stack: err.stack } : { err: String(err) },
+        'metrics failed',
+      );
+      this.host.failed(err, undefined);
       if (!res.headersSent) sendJson(res, 500, JSON.stringify({ error: 'Metrics unavailable' }));
     }
   }
@@ -337,6 +358,8 @@ export class HttpBinding {
       }
     } catch (err) {
       const e = engineError(h.logger, err, { route: h.rpcPath });
+      // A failure the caller was not meant to see (an ASAPError a store chose is an answer, not one).
+      if (e !== err) h.failed(err, (e.data as { error_id?: string }).error_id);
       if (!res.headersSent) sendJson(res, 500, encodeError(null, e));
       else if (!res.writableEnded) res.end(`event: error\ndata: ${JSON.stringify(e.toWire())}\n\n`);
     } finally {

@@ -11,6 +11,14 @@ export { type Authenticator, type AuthRequest, staticToken, type TokenVerifier }
 export type { ConnectionInfo, ConnectionLimits } from './connection.js';
 export { Connection } from './connection.js';
 export { Drain } from './drain.js';
+export type {
+  ConnectionEvent,
+  DisconnectEvent,
+  ServerErrorContext,
+  ServerErrorSource,
+  ServerEventName,
+  ServerEvents,
+} from './events.js';
 export {
   type JwtAuthenticator,
   type JwtAuthenticatorOptions,
@@ -18,7 +26,13 @@ export {
   JwtRefusedError,
   jwtAuthenticator,
 } from './jwt.js';
-export { buildManifest, type ManifestInit } from './manifest.js';
-export { type PrometheusMetrics, type PrometheusMetricsOptions, prometheusMetrics } from './metrics.js';
+export { buildManifest, type EndpointBase, type ManifestInit } from './manifest.js';
+export {
+  type MetricsSources,
+  type PrometheusMetrics,
+  type PrometheusMetricsOptions,
+  prometheusMetrics,
+} from './metrics.js';
 export { LocalPushAdapter, type PushAdapter, type PushTarget } from './push-adapter.js';
 export * from './server.js';
+export type { ServerStore } from './store.js';

@@ -2,28 +2,49 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo, Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { AckOptions } from '../core/ack-tracker.js';
-import type { DedupeStore } from '../core/dedupe.js';
+import { type DedupeStore, MemoryDedupeStore } from '../core/dedupe.js';
 import { Dispatcher } from '../core/dispatcher.js';
 import {
   combineInstrumentation,
   guardInstrumentation,
   type Instrumentation,
+  type RequestInfo,
 } from '../core/instrumentation.js';
 import { type Logger, silentLogger } from '../core/logger.js';
 import { type Handler, HandlerRegistry, type SkillInfo } from '../core/registry.js';
 import type { ReplayOptions } from '../core/replay.js';
 import { systemTimers, type Timers } from '../core/timers.js';
+import type { ServerTracing } from '../core/tracing.js';
+import { otelTracing } from '../otel/index.js';
 import { createEnvelope, type Envelope, type EnvelopeInit } from '../protocol/envelope.js';
+import { ASAPError } from '../protocol/errors.js';
 import type { Health, Manifest } from '../protocol/manifest.js';
 import type { PayloadMap, PayloadTypeName } from '../protocol/payloads.js';
 import { type Authenticator, authCheck, type TokenVerifier } from './auth.js';
 import type { Connection, ConnectionInfo } from './connection.js';
 import { Drain } from './drain.js';
+import {
+  asError,
+  isServerEvent,
+  ServerEventEmitter,
+  type ServerEventName,
+  type ServerEvents,
+} from './events.js';
 import { HttpBinding } from './http-binding.js';
-import { buildManifest, type ManifestInit } from './manifest.js';
+import {
+  buildManifest,
+  type EndpointBase,
+  firstForwarded,
+  forwardedProto,
+  hostPort,
+  type ManifestInit,
+  parsePublicUrl,
+  validHost,
+} from './manifest.js';
 import { type PrometheusMetrics, prometheusMetrics } from './metrics.js';
 import { OriginPolicy } from './origin.js';
 import { LocalPushAdapter, type PushAdapter } from './push-adapter.js';
+import { requestLog } from './request-log.js';
 import { SessionBinding } from './sessions.js';
 import { StaticFiles } from './static.js';
 import { memoryStore, type ServerStore } from './store.js';
@@ -58,11 +79,37 @@ export interface ASAPServerOptions {
   /** Hooks that metrics and tracing subscribe to. */
   instrumentation?: Instrumentation;
   /**
+   * Spans of requests, continuing the caller's trace (asap-wire.md §13). Default: OpenTelemetry
+   * (`otelTracing()` of `asap-ts/otel`), which records only once the application registers a
+   * TracerProvider; `false` turns it off.
+   */
+  tracing?: ServerTracing | false;
+  /**
    * Prometheus metrics (default off): recorded through the Instrumentation hooks (alongside
    * `instrumentation`, which still gets every hook) and served at `GET /asap/metrics`. An object
    * names the prom-client Registry to record into (default: one of the server's own).
    */
   metrics?: boolean | { registry?: Registry };
+  /**
+   * One `info` log line per finished request: payload type, skill, sender, trace id, outcome,
+   * error code, milliseconds, transport (default true). Only while the logger logs `info`.
+   */
+  requestLog?: boolean;
+  /**
+   * The base URL clients reach this server by (behind a proxy), e.g. `https://agents.example/billing`:
+   * the manifest's endpoints are built from it (`https://` gives a `wss://` WebSocket endpoint; its
+   * path prefixes every endpoint), and its origin counts as the server's own for browsers.
+   */
+  publicUrl?: string;
+  /**
+   * Take the manifest's scheme and host from `X-Forwarded-Proto` and `X-Forwarded-Host` (the first
+   * entry of each; malformed values are ignored), else from the `Host` header, as the proxy in
+   * front sets them (default false: the address the connection came in on; never a `Host` header).
+   * Set it only when every request comes through a proxy you run. `publicUrl` wins over it.
+   */
+  trustProxy?: boolean;
+  /** `GET /healthz` (liveness) and `GET /readyz` (readiness) (default true). */
+  probes?: boolean;
   /** Clock and timers of heartbeats, deadlines, acks and drain (default: the system's). */
   timers?: Timers;
   logger?: Logger;
@@ -93,7 +140,7 @@ export interface ASAPServerOptions {
    * browser tab to catch up, short enough that a stalled peer's buffer is soon freed).
    */
   slowConsumerGraceMs?: number;
-  /** Let ordinary handler error messages reach callers (default true); see {@link DispatcherOptions}. */
+  /** Let ordinary handler error messages reach callers (default true); see {@link core!DispatcherOptions}. */
   exposeHandlerErrors?: boolean;
   /** Longest run of stream chunks or pushes before other peers get a turn (default 5 ms). */
   yieldEveryMs?: number;
@@ -153,6 +200,10 @@ type Listener = (...args: any[]) => void;
 
 const MANIFEST_PATH = '/.well-known/asap/manifest.json';
 const HEALTH_PATH = '/.well-known/asap/health';
+const LIVENESS_PATH = '/healthz';
+const READINESS_PATH = '/readyz';
+/** The request headers a manifest built with `trustProxy` depends on. */
+const FORWARDED_VARY = 'Host, X-Forwarded-Host, X-Forwarded-Proto';
 /** The reference's metrics route. */
 const METRICS_PATH = '/asap/metrics';
 
@@ -184,6 +235,10 @@ export class ASAPServer {
   private readonly files: StaticFiles | undefined;
   private readonly ws: WebSocketBinding | undefined;
   private readonly started: number;
+  private readonly events: ServerEventEmitter;
+  /** From `publicUrl`: what the manifest advertises whatever the request. */
+  private readonly publicBase: EndpointBase | undefined;
+  private readonly trustProxy: boolean;
   private server: Server | undefined;
   private ownsServer = false;
   private address: BoundAddress | undefined;
@@ -210,18 +265,29 @@ export class ASAPServer {
       throw new RangeError('headersTimeoutMs must be > 0 and <= requestTimeoutMs');
     const maxMessageBytes = opts.maxMessageBytes ?? 10 * 1024 * 1024;
     const authenticate = authCheck(opts, this.logger);
+    this.events = new ServerEventEmitter(this.logger);
+    this.publicBase = opts.publicUrl === undefined ? undefined : parsePublicUrl(opts.publicUrl);
+    this.trustProxy = opts.trustProxy === true;
     const metrics =
       opts.metrics === undefined || opts.metrics === false
         ? undefined
         : prometheusMetrics(opts.metrics === true ? {} : { registry: opts.metrics.registry });
     this.prometheus = metrics;
     const instrumentation = guardInstrumentation(
-      combineInstrumentation(opts.instrumentation, metrics?.instrumentation),
+      combineInstrumentation(
+        opts.instrumentation,
+        metrics?.instrumentation,
+        opts.requestLog === false ? undefined : requestLog(this.logger),
+        { handlerError: (info, err) => this.handlerFailed(info, err) },
+      ),
       this.logger,
     );
     this.authenticates = authenticate !== undefined;
     const origins = new OriginPolicy({
-      allow: opts.allowOrigins,
+      allow:
+        this.publicBase === undefined
+          ? opts.allowOrigins
+          : [...(opts.allowOrigins ?? []), `${this.publicBase.scheme}://${this.publicBase.host}`],
       boundAddress: () => this.server?.address(),
     });
     this.drain = new Drain(opts.drainTimeoutMs ?? 10_000, this.timers);
@@ -229,6 +295,14 @@ export class ASAPServer {
     this.store =
       opts.store ??
       memoryStore({ clock: this.timers, logger: this.logger, disconnectWindowMs: sessionWindowMs });
+    this.store.instrument?.(instrumentation);
+    metrics?.watch({
+      draining: () => this.drain.draining,
+      dedupeStats: () => {
+        const dedupe = opts.dedupe ?? this.store.dedupe;
+        return dedupe instanceof MemoryDedupeStore ? dedupe.snapshot() : undefined;
+      },
+    });
     this.pushes = opts.pushAdapter ?? this.store.pushAdapter(new LocalPushAdapter());
     this.sessions = new SessionBinding(
       this.store.sessions,
@@ -249,6 +323,7 @@ export class ASAPServer {
       exposeHandlerErrors: opts.exposeHandlerErrors,
       yieldEveryMs: opts.yieldEveryMs,
       instrumentation,
+      tracing: opts.tracing === false ? undefined : (opts.tracing ?? otelTracing()),
       timers: this.timers,
       pushTo: (urn, envelope) => this.push(urn, envelope),
     });
@@ -270,7 +345,12 @@ export class ASAPServer {
       origins,
       instrumentation,
       manifestFor: (req) => this.manifestFor(req),
+      manifestVary: this.publicBase === undefined && this.trustProxy ? FORWARDED_VARY : undefined,
       health: () => this.health(),
+      ...(opts.probes === false ? {} : { livenessPath: LIVENESS_PATH, readinessPath: READINESS_PATH }),
+      readiness: () => this.readiness(),
+      failed: (err, errorId) =>
+        this.events.fire('error', asError(err), { source: 'engine', transport: 'http', errorId }),
     });
     this.files =
       opts.staticDir === undefined
@@ -293,6 +373,33 @@ export class ASAPServer {
         pushes: this.pushes,
         logger: this.logger,
         timers: this.timers,
+        events: {
+          opened: (c) =>
+            this.events.fire('connection', {
+              id: c.id,
+              transport: 'websocket',
+              remoteAddress: c.remoteAddress,
+              principal: c.principal,
+              connection: c,
+            }),
+          closed: (c, code, reason) =>
+            this.events.fire('disconnect', {
+              id: c.id,
+              transport: 'websocket',
+              remoteAddress: c.remoteAddress,
+              agentUrn: c.agentUrn,
+              code,
+              reason,
+            }),
+          failed: (c, err, source, errorId) =>
+            this.events.fire('error', asError(err), {
+              source,
+              transport: 'websocket',
+              connectionId: c.id,
+              remoteAddress: c.remoteAddress,
+              ...(errorId === undefined ? {} : { errorId }),
+            }),
+        },
         connection: {
           logger: this.logger,
           timers: this.timers,
@@ -337,12 +444,49 @@ export class ASAPServer {
     };
   }
 
-  /** Registers the handler for a payload type. */
+  /**
+   * Listens to a server event (`connection`, `disconnect`, `error`; see {@link ServerEvents}), or
+   * registers the handler for a payload type (any other name; a payload type named like an event
+   * is registered with `server.registry.on`).
+   */
+  on<E extends ServerEventName>(event: E, listener: ServerEvents[E]): this;
   on<T extends PayloadTypeName>(payloadType: T, handler: Handler<PayloadMap[T]>): this;
   on(payloadType: string, handler: Handler): this;
-  on(payloadType: string, handler: Handler<never>): this {
-    this.registry.on(payloadType, handler as Handler);
+  on(name: string, fn: Handler<never> | ServerEvents[ServerEventName]): this {
+    if (isServerEvent(name)) this.events.on(name, fn as ServerEvents[typeof name]);
+    else this.registry.on(name, fn as Handler);
     return this;
+  }
+
+  /** Listens to the next occurrence of a server event only. */
+  once<E extends ServerEventName>(event: E, listener: ServerEvents[E]): this {
+    this.events.once(event, listener);
+    return this;
+  }
+
+  /** Removes a listener added with `on`. */
+  off<E extends ServerEventName>(event: E, listener: ServerEvents[E]): this {
+    this.events.off(event, listener);
+    return this;
+  }
+
+  /** Listeners of a server event. */
+  listenerCount(event: ServerEventName): number {
+    return this.events.listenerCount(event);
+  }
+
+  /** A handler threw: an `error` event, unless it threw an ASAPError on purpose as its answer. */
+  private handlerFailed(info: RequestInfo, err: unknown): void {
+    if (this.events.listenerCount('error') === 0 || (err instanceof ASAPError && !err.local)) return;
+    this.events.fire('error', asError(err), {
+      source: 'handler',
+      transport: info.transport as 'http' | 'websocket',
+      envelopeId: info.envelopeId,
+      payloadType: info.payloadType,
+      skill: info.skill,
+      sender: info.sender,
+      traceId: info.traceId,
+    });
   }
 
   /** Registers a TaskRequest skill. */
@@ -421,29 +565,48 @@ export class ASAPServer {
     return this;
   }
 
-  /** The manifest, with endpoints built from `base` (or the bound address). */
-  manifest(base?: { scheme: 'http' | 'https'; host: string }): Manifest {
-    const b = base ?? {
-      scheme: 'http' as const,
-      host: this.address ? new URL(this.address.url).host : 'localhost',
-    };
+  /**
+   * The manifest, with endpoints built from `base`, else `publicUrl`, else the bound address
+   * (`localhost` before the server listens).
+   */
+  manifest(base?: EndpointBase): Manifest {
+    const b = base ?? this.publicBase ?? { scheme: 'http' as const, host: this.boundHost() ?? 'localhost' };
+    const root = `${b.host}${b.prefix ?? ''}`;
     const ws = b.scheme === 'https' ? 'wss' : 'ws';
     return buildManifest(
       this.opts.manifest,
       this.registry.skills(),
       {
-        asap: `${b.scheme}://${b.host}${this.rpcPath}`,
-        events: this.websocketPath === undefined ? undefined : `${ws}://${b.host}${this.websocketPath}`,
+        asap: `${b.scheme}://${root}${this.rpcPath}`,
+        events: this.websocketPath === undefined ? undefined : `${ws}://${root}${this.websocketPath}`,
       },
       this.authenticates,
     );
   }
 
-  /** The manifest as a request to this server sees it (scheme and Host of the request). */
+  /**
+   * The manifest a request to this server gets: from `publicUrl` when set; else, with `trustProxy`,
+   * from `X-Forwarded-Proto` / `X-Forwarded-Host` (else `Host`); else from the address and port the
+   * request came in on (https on a TLS socket). A `Host` header nobody vouches for is never used.
+   */
   manifestFor(req: IncomingMessage): Manifest {
-    const encrypted = (req.socket as { encrypted?: boolean }).encrypted === true;
-    const host = req.headers.host ?? (this.address ? new URL(this.address.url).host : 'localhost');
-    return this.manifest({ scheme: encrypted ? 'https' : 'http', host });
+    if (this.publicBase !== undefined) return this.manifest(this.publicBase);
+    const socket = req.socket as Socket & { encrypted?: boolean };
+    let scheme: 'http' | 'https' = socket.encrypted === true ? 'https' : 'http';
+    let host: string | undefined;
+    if (this.trustProxy) {
+      scheme = forwardedProto(req.headers['x-forwarded-proto']) ?? scheme;
+      host = validHost(firstForwarded(req.headers['x-forwarded-host'])) ?? validHost(req.headers.host);
+    }
+    host ??= hostPort(socket.localAddress, socket.localPort) ?? this.boundHost() ?? 'localhost';
+    return this.manifest({ scheme, host });
+  }
+
+  /** `host:port` of the address the server listens on (its own, or the attached server's). */
+  private boundHost(): string | undefined {
+    if (this.address !== undefined) return hostPort(this.address.host, this.address.port);
+    const a = this.server?.address();
+    return typeof a === 'object' && a !== null ? hostPort(a.address, a.port) : undefined;
   }
 
   health(): { status: number; body: Health } {
@@ -462,6 +625,21 @@ export class ASAPServer {
         },
       },
     };
+  }
+
+  /**
+   * Readiness (`GET /readyz`): 200 `{"status":"ready"}`, or 503 `{"status":"not_ready","reasons":[…]}`
+   * while the server drains (`draining`), its store is unreachable (`store_unavailable`) or it was
+   * marked unhealthy (`unhealthy`).
+   */
+  readiness(): { status: number; body: { status: 'ready' } | { status: 'not_ready'; reasons: string[] } } {
+    const reasons: string[] = [];
+    if (this.drain.draining) reasons.push('draining');
+    if (!this.store.available) reasons.push('store_unavailable');
+    if (this.unhealthy) reasons.push('unhealthy');
+    return reasons.length === 0
+      ? { status: 200, body: { status: 'ready' } }
+      : { status: 503, body: { status: 'not_ready', reasons } };
   }
 
   /** Marks the agent (un)healthy for load balancers. */

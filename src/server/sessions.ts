@@ -15,7 +15,7 @@ export interface SessionHolder extends PushTarget {
   /** Writes a frame (the `asap.session` answer). */
   send(text: string): unknown;
   /** Writes one kept push with its seq (and tracks its ack). */
-  deliver(entry: SessionEntry): void;
+  deliver(entry: SessionEntry, replayed?: boolean): void;
   /** The session now held, and the remover of its subscription. */
   bindSession(sessionId: string, unsubscribe: () => void): void;
   /** Speaks for these URNs too (those of the connection whose session it resumed). */
@@ -79,7 +79,7 @@ export class SessionBinding {
           holder.send(sessionFrame(wanted, true));
           let last = lastSeq;
           for (const entry of replay.entries) {
-            holder.deliver(entry);
+            holder.deliver(entry, true);
             last = entry.seq;
           }
           flush(last);

@@ -1,5 +1,6 @@
 import type { Clock } from '../core/clock.js';
 import { type DedupeStore, MemoryDedupeStore } from '../core/dedupe.js';
+import type { Instrumentation } from '../core/instrumentation.js';
 import type { Logger } from '../core/logger.js';
 import { MemoryNonceStore, type NonceStore } from '../core/nonce-store.js';
 import { MemorySessionStore, type SessionStore } from '../core/session-store.js';
@@ -24,6 +25,8 @@ export interface ServerStore {
    * need the store are refused with -32040 and `retry_after_ms` until it returns.
    */
   readonly available: boolean;
+  /** Where a shared store reports each operation (`storeOperation`); the server gives its hooks. */
+  instrument?(hooks: Instrumentation | undefined): void;
   /** Releases connections and timers (the server calls it on close when it owns the store). */
   close(): Promise<void>;
 }

@@ -26,6 +26,12 @@ export interface WebSocketBindingOptions {
   connection: Omit<ConnectionDeps, 'identify' | 'closed'>;
   logger: Logger;
   timers: Timers;
+  /** Told of every connection accepted and closed, and of its failures (the server's events). */
+  events: {
+    opened(connection: Connection): void;
+    closed(connection: Connection, code: number, reason: string): void;
+    failed(connection: Connection, err: unknown, source: 'socket' | 'engine', errorId?: string): void;
+  };
 }
 
 /** A listener defined outside `upgrade()`, so it does not keep the upgrade request alive per connection. */
@@ -64,7 +70,9 @@ export class WebSocketBinding {
         opts.pushes.remove(connection.urns, connection);
         opts.logger.debug({ conn: connection.id, code, reason }, 'connection closed');
         opts.connection.instrumentation?.connectionClosed?.({ id: connection.id, code, reason });
+        opts.events.closed(connection, code, reason);
       },
+      failed: opts.events.failed,
     };
   }
 
@@ -114,6 +122,7 @@ export class WebSocketBinding {
           transport: 'websocket',
           remoteAddress: conn.remoteAddress,
         });
+        this.opts.events.opened(conn);
       };
       const authenticate = this.opts.authenticate;
       if (authenticate === undefined) {

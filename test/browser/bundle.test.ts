@@ -1,16 +1,20 @@
 /**
- * scripts/build-browser.mjs: the browser bundle builds, holds no Node-only code, stays under its size
- * budget (the build fails past it), and exports the client and the protocol helpers.
+ * scripts/build-browser.mjs: the browser bundle builds, holds no Node-only code, stays within its size
+ * budget (the build fails past it), and exports the client and the protocol helpers, validating what
+ * it receives as the server does.
  */
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { gzipSync } from 'node:zlib';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { createDemoAgent } from '../../src/cli/demo-agent.js';
+import { validateEnvelope } from '../../src/protocol/envelope.js';
 import type { ASAPServer } from '../../src/server/server.js';
+import { PAYLOAD_TYPES, PAYLOADS, rawEnvelope } from '../protocol/fixtures.js';
 import { asBrowser } from '../support/browser-like.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -49,31 +53,43 @@ describe('browser bundle', () => {
   it('builds and reports its sizes', () => {
     expect(first.stderr).toBe('');
     expect(first.code).toBe(0);
-    expect(first.stdout).toMatch(/KB minified, [\d.]+ KB gzip; zod's share .*measured \(budget 30\.0 KB\)/);
+    expect(first.stdout).toMatch(
+      /KB minified, [\d.]+ KB gzip \(budget 20\.0 KB\); minified by part: .*validation [\d.]+ KB/,
+    );
   });
 
-  it('stays under 30 KB gzip without zod', () => {
+  it('stays within 20 KB gzip, validation included, and says what takes the room', () => {
     const size = JSON.parse(readFileSync(join(dir, 'size.json'), 'utf8'));
-    expect(size.budget).toBe(30 * 1024);
-    expect(size.gzipWithoutZodMeasured).toBeGreaterThan(1000);
-    expect(size.gzipWithoutZodMeasured).toBeLessThan(size.budget);
-    expect(size.gzipWithoutZodEstimate).toBeLessThan(size.budget);
-    expect(size.zodMinified).toBeGreaterThan(0);
-    expect(size.gzip).toBeGreaterThan(size.gzipWithoutZodMeasured);
+    expect(size.budget).toBe(20 * 1024);
+    expect(size.gzip).toBeGreaterThan(1000);
+    expect(size.gzip).toBeLessThanOrEqual(size.budget);
+    expect(size.gzip).toBe(gzipSync(readFileSync(out), { level: 9 }).length);
+    expect(Object.keys(size.parts)).toEqual(
+      expect.arrayContaining(['client', 'protocol', 'core', 'validation']),
+    );
+    expect(size.files['src/protocol/lite-schema.ts']).toBeGreaterThan(0);
+    const total = Object.values(size.parts as Record<string, number>).reduce((a, b) => a + b, 0);
+    expect(total).toBeLessThanOrEqual(size.minified);
   });
 
-  it('holds no Node-only code', () => {
+  it('holds no Node-only code, no package, and none of the server', () => {
     const code = readFileSync(out, 'utf8');
     expect(code).not.toMatch(/["']node:/);
     expect(code).not.toMatch(/\brequire\(/);
     expect(code).not.toContain('ws does not work in the browser');
     expect(code).not.toContain('process.env');
+    const size = JSON.parse(readFileSync(join(dir, 'size.json'), 'utf8'));
+    const files = Object.keys(size.files);
+    expect(files.filter((f) => f.includes('node_modules/'))).toEqual([]);
+    expect(
+      files.filter((f) => /^src\/(server|redis|cli)\/|^src\/core\/(dispatcher|tasks|dedupe)\.ts/.test(f)),
+    ).toEqual([]);
   });
 
   it('fails the build past the budget', async () => {
     const r = await build('--out', join(dir, 'small.js'), '--budget', '1024', '--quiet');
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/over budget: [\d.]+ KB gzip without zod \(budget 1\.0 KB\)/);
+    expect(r.stderr).toMatch(/over budget: [\d.]+ KB gzip \(budget 1\.0 KB\)/);
     expect(existsSync(join(dir, 'small.js'))).toBe(false);
   }, 60_000);
 
@@ -117,6 +133,56 @@ describe('browser bundle', () => {
       expect(error.code).toBe(-32004);
       expect(error.message).toContain('Invalid token');
     });
+  });
+
+  it('exports what src/client/browser.ts exports', async () => {
+    const mod = await import(pathToFileURL(out).href);
+    const entry = await import('../../src/client/browser.js');
+    expect(Object.keys(mod).sort()).toEqual(Object.keys(entry).sort());
+  });
+
+  it('validates envelopes as the server does: same verdicts and issues, payloads included', async () => {
+    const mod = await import(pathToFileURL(out).href);
+    const inputs: unknown[] = [
+      null,
+      [],
+      'x',
+      {},
+      rawEnvelope({ sender: 'bob' }),
+      rawEnvelope({ timestamp: '2026-02-30T10:00:00Z' }),
+    ];
+    inputs.push(rawEnvelope({ extra: 1, payload: [] }), rawEnvelope({ id: undefined, timestamp: undefined }));
+    for (const type of PAYLOAD_TYPES) {
+      const full = PAYLOADS[type].full as Record<string, unknown>;
+      const first = Object.keys(full)[0];
+      const env = (payload: unknown, extra: Record<string, unknown> = {}) =>
+        rawEnvelope({ payload_type: type, payload, correlation_id: 'req-1', ...extra });
+      inputs.push(
+        env(full),
+        env(PAYLOADS[type].minimal),
+        env({ ...full, extra: true }),
+        env(full, { correlation_id: null }),
+      );
+      if (first !== undefined)
+        inputs.push(env({ ...full, [first]: 42 }), env({ ...full, [first]: undefined }));
+    }
+    let accepted = 0;
+    for (const input of inputs) {
+      const a = validateEnvelope(input);
+      const b = mod.validateEnvelope(input);
+      expect(b.ok, JSON.stringify(input)).toBe(a.ok);
+      if (a.ok) {
+        accepted++;
+        expect({ ...b.envelope, id: 0, timestamp: 0 }).toEqual({ ...a.envelope, id: 0, timestamp: 0 });
+      } else {
+        expect(b.issues, JSON.stringify(input)).toEqual(a.issues);
+      }
+    }
+    expect(accepted).toBeGreaterThan(20);
+    expect(accepted).toBeLessThan(inputs.length - 40);
+    const ids = [mod.newId(), mod.newId(), mod.newId()];
+    for (const id of ids) expect(id).toMatch(/^[0-9A-HJKMNP-TV-Z]{26}$/);
+    expect([...ids].sort()).toEqual(ids);
   });
 });
 

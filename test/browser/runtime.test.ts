@@ -91,4 +91,33 @@ describe('browser entry', () => {
     await t2.connect();
     expect(seen[1]).toEqual(['asap.v1', 'asap.bearer.x']);
   });
+  it("has the package root's names but the server's, and no schema objects", async () => {
+    const root = await import('../../src/index.js');
+    const protocol = await import('../../src/protocol/index.js');
+    const serverSide = [
+      'ASAPServer',
+      'HandlerRegistry',
+      'LocalPushAdapter',
+      'MemoryDedupeStore',
+      'MemoryNonceStore',
+      'MemorySessionStore',
+      'staticToken',
+    ];
+    expect(
+      Object.keys(root)
+        .filter((name) => !(name in entry))
+        .sort(),
+    ).toEqual(serverSide.sort());
+    // The protocol's helpers are all there; its zod schemas are not (the bundle has lite ones).
+    const schemas = Object.entries(protocol)
+      .filter(([, v]) => typeof v === 'object' && v !== null && 'safeParse' in v)
+      .map(([name]) => name);
+    expect(schemas).toContain('TaskRequest');
+    expect(Object.keys(protocol).filter((name) => !(name in entry))).toEqual(schemas);
+    expect(Object.keys(entry.PAYLOAD_SCHEMAS)).toEqual(Object.keys(protocol.PAYLOAD_SCHEMAS));
+    expect(entry.PAYLOAD_SCHEMAS.TaskCancel.safeParse({ task_id: 't' })).toEqual({
+      success: true,
+      data: { task_id: 't' },
+    });
+  });
 });

@@ -69,9 +69,9 @@ describe('requires_ack over WebSocket', () => {
     const server = await PlainServer.start(ackAndAnswer);
     const transport = makeTransport(server.url);
     await within(transport.request(task('echo')), 5000, 'request');
-    await within(transport.send(cancelEnvelope()), 5000, 'cancel');
+    await within(transport.notify(cancelEnvelope()), 5000, 'cancel');
     await within(
-      transport.send(
+      transport.notify(
         createEnvelope({
           sender: CLIENT_URN,
           recipient: AGENT_URN,
@@ -195,7 +195,7 @@ describe('retransmission', () => {
     const sent = server.envelopes.length;
     const fast = await within(outcome(transport.request(task('echo'))), 1000, 'fail fast');
     expect(code(fast)).toBe(ErrorCode.CircuitOpen);
-    const fastSend = await within(outcome(transport.send(cancelEnvelope())), 1000, 'fail fast send');
+    const fastSend = await within(outcome(transport.notify(cancelEnvelope())), 1000, 'fail fast send');
     expect(code(fastSend)).toBe(ErrorCode.CircuitOpen);
     expect(server.envelopes.length).toBe(sent);
 
@@ -231,7 +231,7 @@ describe('acked notifications', () => {
     await within(transport.connect(), 5000, 'connect');
     let resolvedBeforeAck: boolean | undefined;
     await within(
-      transport.send(cancelEnvelope()).then(() => {
+      transport.notify(cancelEnvelope()).then(() => {
         resolvedBeforeAck = !ackSent;
       }),
       5000,
@@ -250,7 +250,7 @@ describe('acked notifications', () => {
     const transport = quietTransport(server.url, timers, { webSocketFactory: rec.factory });
     await within(transport.connect(), 5000, 'connect');
     const env = cancelEnvelope('missing');
-    const r = await within(outcome(transport.send(env)), 5000, 'rejected send');
+    const r = await within(outcome(transport.notify(env)), 5000, 'rejected send');
     expect(r.ok).toBe(false);
     expect(!r.ok && r.error.message).toBe('No such task');
     expect(code(r)).toBe(ErrorCode.InvalidRequest);
@@ -266,7 +266,7 @@ describe('acked notifications', () => {
     const server = await PlainServer.start();
     const transport = makeTransport(server.url);
     await within(transport.connect(), 5000, 'connect');
-    const pending = outcome(transport.send(cancelEnvelope()));
+    const pending = outcome(transport.notify(cancelEnvelope()));
     await waitFor(() => server.envelopes.length === 1, 'the cancel to arrive');
     await within(transport.close(), 5000, 'close');
     const r = await within(pending, 5000, 'pending send');
@@ -284,7 +284,7 @@ describe('acked notifications', () => {
     });
     await within(transport.connect(), 5000, 'connect');
     const env = cancelEnvelope();
-    const sending = watch(outcome(transport.send(env)));
+    const sending = watch(outcome(transport.notify(env)));
     const t0 = timers.now();
     // Copies after 30 and 90 ms (30 + 2·30); the send is given up 4·30 ms after the last one.
     await timers.tick(209);

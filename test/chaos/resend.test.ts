@@ -124,7 +124,7 @@ describe('requests across a reconnect', () => {
     await waitFor(() => transport.state === 'reconnecting', 'reconnecting');
     const requests = [0, 1, 2].map((i) => outcome(transport.request(task('count', { key, i }))));
     const cancel = outcome(
-      transport.send({
+      transport.notify({
         ...task('echo'),
         payload_type: 'TaskCancel',
         payload: { task_id: 'no-such-task', reason: 'test' },
@@ -187,7 +187,7 @@ describe('requests across a reconnect', () => {
     expect(transport.state).toBe('reconnecting');
     // A notification is refused the same way.
     const note = await outcome(
-      transport.send({
+      transport.notify({
         ...task('echo'),
         payload_type: 'TaskUpdate',
         payload: { task_id: 't', update_type: 'progress', status: 'working' },

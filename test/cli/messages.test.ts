@@ -1,13 +1,14 @@
 /**
  * The CLI's own messages (issue 18, item 8): `--version`, a URL given without its scheme, the
- * timeout message in the unit of `--timeout`, and the unknown-skill answer naming the skills.
+ * timeout message in the unit of `--timeout`, what a failed WebSocket connection was (HTTP status of
+ * the upgrade, connection refused, TLS error), and the unknown-skill answer naming the skills.
  */
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { missingSchemeError, packageVersion } from '../../src/cli/commands.js';
 import { createDemoAgent } from '../../src/cli/demo-agent.js';
 import type { ASAPServer } from '../../src/server/server.js';
-import { ROOT, runCli, runInProcess } from './cli-helpers.js';
+import { closedPort, ROOT, runCli, runInProcess } from './cli-helpers.js';
 
 const VERSION = (JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8')) as { version: string }).version;
 
@@ -94,6 +95,33 @@ describe('asap send against a demo agent', () => {
     expect(r.code).toBe(2);
     expect(lines(r.stderr)).toEqual(['asap send: no response within 0.3 s (--timeout)']);
     expect(r.stderr).not.toMatch(/req-|ms\b|http:/);
+  });
+
+  it.each([
+    [
+      'a wrong WebSocket path',
+      (port: number) => `ws://127.0.0.1:${port}/wrong`,
+      /^HTTP 404 on WebSocket upgrade to ws:\/\/127\.0\.0\.1:\d+\/wrong$/,
+    ],
+    [
+      'wss:// to a plain server',
+      (port: number) => `wss://127.0.0.1:${port}/asap/ws`,
+      /^TLS error: \S.*\(wss:\/\/127\.0\.0\.1:\d+\/asap\/ws\)$/,
+    ],
+  ])('%s: one line saying what happened, exit 2', async (_name, url, expected) => {
+    const r = await runInProcess(['send', url(Number(new URL(ws).port)), '--timeout', '5']);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    const [line, ...more] = lines(r.stderr);
+    expect(more).toEqual([]);
+    expect(line?.replace(/^asap send: /, '')).toMatch(expected);
+  });
+
+  it('a closed port over WebSocket: connection refused (127.0.0.1:PORT), exit 2', async () => {
+    const port = await closedPort();
+    const r = await runInProcess(['send', `ws://127.0.0.1:${port}/asap/ws`, '--timeout', '5']);
+    expect(r.code).toBe(2);
+    expect(lines(r.stderr)).toEqual([`asap send: connection refused (127.0.0.1:${port})`]);
   });
 
   it('an unknown skill: the answer and the message name the skills that exist', async () => {

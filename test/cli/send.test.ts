@@ -42,6 +42,17 @@ function oneLine(stderr: string): string {
   return lines[0] ?? '';
 }
 
+type PushEnvelope = Envelope<{ progress?: { percent?: number } }>;
+
+/** The `{"push": envelope}` lines of stdout (demo-agent.md "Additions"), and the rest of it. */
+function splitPushes(stdout: string): { pushes: PushEnvelope[]; rest: string } {
+  const lines = stdout.split('\n');
+  const pushes = lines
+    .filter((l) => l.startsWith('{"push":'))
+    .map((l) => (JSON.parse(l) as { push: PushEnvelope }).push);
+  return { pushes, rest: lines.filter((l) => !l.startsWith('{"push":')).join('\n') };
+}
+
 function streamLines(stdout: string): AnyEnvelope[] {
   return stdout
     .split('\n')
@@ -271,13 +282,29 @@ describe('asap send (in-process run against in-process demo agents)', () => {
     );
   });
 
-  it('push: over ws the pushes are sent and the task completes with pushed n; over HTTP pushed 0', async () => {
+  it('push: over ws each push is printed as a {"push": envelope} line before the reply; over HTTP pushed 0', async () => {
     const overWs = await send(ws, '--skill', 'push', '--input', '{"count":3}');
     expect(overWs.code, overWs.stderr).toBe(0);
-    expect(expectCompletedResponse(overWs.stdout).payload.result).toEqual({ pushed: 3 });
+    const { pushes, rest } = splitPushes(overWs.stdout);
+    expect(pushes.map((p) => [p.payload_type, p.payload.progress?.percent])).toEqual([
+      ['TaskUpdate', 33],
+      ['TaskUpdate', 67],
+      ['TaskUpdate', 100],
+    ]);
+    for (const p of pushes) expect(validateEnvelope(p).ok).toBe(true);
+    expect(expectCompletedResponse(rest).payload.result).toEqual({ pushed: 3 });
+    expect(pushes[0]?.correlation_id).toBe(JSON.parse(rest).correlation_id);
     const overHttp = await send(http, '--skill', 'push', '--input', '{"count":3}');
     expect(overHttp.code).toBe(0);
     expect(expectCompletedResponse(overHttp.stdout).payload.result).toEqual({ pushed: 0 });
+  });
+
+  it('push with --stream: the push lines and the chunk lines share stdout, one JSON value per line', async () => {
+    const r = await send(ws, '--skill', 'push', '--input', '{"count":2}', '--stream');
+    expect(r.code, r.stderr).toBe(0);
+    const { pushes, rest } = splitPushes(r.stdout);
+    expect(pushes).toHaveLength(2);
+    expect(streamLines(rest).at(-1)?.payload).toMatchObject({ status: 'completed', result: { pushed: 2 } });
   });
 
   it('count increments per key across sends', async () => {

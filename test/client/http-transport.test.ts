@@ -140,7 +140,17 @@ describe('HttpTransport against misbehaving servers', () => {
     await cleanups.pop()?.(); // close it: the port now refuses
     const err = await rejection(new HttpTransport(`${url}/asap`).request(taskInit('echo')));
     expect(err).toBeInstanceOf(ConnectionError);
-    expect(err.message).toMatch(/^Cannot reach http:\/\/127\.0\.0\.1:\d+\/asap/);
+    expect(err.message).toMatch(
+      /^Cannot reach http:\/\/127\.0\.0\.1:(\d+)\/asap: connect ECONNREFUSED 127\.0\.0\.1:\1$/,
+    );
+  });
+
+  it('says what a fetch that failed without a cause said', async () => {
+    const failing = new HttpTransport('http://127.0.0.1:1/asap', {
+      fetch: () => Promise.reject(new TypeError('Failed to fetch')),
+    });
+    const err = await rejection(failing.request(taskInit('echo')));
+    expect(err.message).toBe('Cannot reach http://127.0.0.1:1/asap: Failed to fetch');
   });
 
   it('rejects a response that does not bind to its request with ProtocolError', async () => {

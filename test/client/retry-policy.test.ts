@@ -39,8 +39,8 @@ describe('ASAPClient retry policy', () => {
       const { d, seen } = await busyAgent(2);
       const client = new ASAPClient(kind === 'http' ? d.rpc : d.ws);
       clients.push(client);
-      const reply = await client.task('busy');
-      expect((reply.payload as { result: { attempts: number } }).result.attempts).toBe(3);
+      const reply = await client.task<{ attempts: number }>('busy');
+      expect(reply.payload.result?.attempts).toBe(3);
       expect(new Set(seen.map((s) => s.id)).size).toBe(1);
       expect(seen[1]!.at - seen[0]!.at).toBeGreaterThanOrEqual(55);
     },

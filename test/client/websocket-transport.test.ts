@@ -140,7 +140,7 @@ describe('WebSocketTransport: requests against the demo agent', () => {
     const d = await demo();
     const t = transport(d.ws, { maxQueue: 3 });
     const first = t.request(taskInit('echo', { i: 0 }));
-    const notified = t.send(taskInit('echo', { i: 1 })); // a TaskRequest notification: resolves on its ack
+    const notified = t.notify(taskInit('echo', { i: 1 })); // a TaskRequest notification: resolves on its ack
     const second = t.request(taskInit('echo', { i: 2 }));
     expect(t.state).toBe('connecting');
     const full = await rejection(t.request(taskInit('echo', { i: 3 })));
@@ -152,8 +152,8 @@ describe('WebSocketTransport: requests against the demo agent', () => {
       payload_type: 'TaskUpdate',
       payload: { task_id: 't', update_type: 'progress', status: 'working' },
     };
-    expect((await rejection(t.send(update))).code).toBe(ErrorCode.ResourceExhausted);
-    expect((await rejection(t.send(taskInit('echo')))).code).toBe(ErrorCode.ResourceExhausted);
+    expect((await rejection(t.notify(update))).code).toBe(ErrorCode.ResourceExhausted);
+    expect((await rejection(t.notify(taskInit('echo')))).code).toBe(ErrorCode.ResourceExhausted);
     expect(t.inFlight).toBe(2);
     const replies = await Promise.all([first, second]);
     expect(replies.map((r) => payloadOf(r).result.echo.i)).toEqual([0, 2]);
@@ -290,6 +290,44 @@ describe('WebSocketTransport: server push', () => {
 
     abort.abort();
     expect((await rejection(slow.promise)).message).toMatch(/^Request aborted/);
+  });
+
+  it('connect / send / receive: receive() yields the answers to send() and pushes, in arrival order', async () => {
+    const d = await demo();
+    const t = transport(d.ws);
+    await t.connect();
+    await t.send(taskInit('echo', { n: 1 }));
+    const first = await t.receive();
+    expect(first.payload_type).toBe('TaskResponse');
+    expect(payloadOf(first).result).toEqual({ echo: { n: 1 } });
+
+    // A skill that pushes before answering: the pushes come first, then the answer.
+    const pushing = createEnvelope(taskInit('push', { count: 2 }));
+    await t.send(pushing);
+    const order = [await t.receive(), await t.receive(), await t.receive()];
+    expect(order.map((e) => e.payload_type)).toEqual(['TaskUpdate', 'TaskUpdate', 'TaskResponse']);
+    expect(order[2]!.correlation_id).toBe(pushing.id);
+
+    // An error answer rejects receive() in its place; what follows is still delivered.
+    await t.send({
+      sender: CLIENT_URN,
+      recipient: DEMO_URN,
+      payload_type: 'TaskUpdate', // no handler for it
+      payload: { task_id: 't', update_type: 'progress', status: 'working' },
+    });
+    await t.send(taskInit('echo', { n: 2 }));
+    const failed = await rejection(t.receive());
+    expect(failed.code).toBe(ErrorCode.HandlerNotFound);
+    expect(payloadOf(await t.receive()).result).toEqual({ echo: { n: 2 } });
+
+    // A notification gets no answer: nothing is queued for it.
+    await t.notify(taskInit('echo', { n: 3 }));
+    await t.send(taskInit('echo', { n: 4 }));
+    expect(payloadOf(await t.receive()).result).toEqual({ echo: { n: 4 } });
+
+    await t.close();
+    await expect(t.send(taskInit('echo'))).rejects.toThrow(/closed/i);
+    await expect(t.receive()).rejects.toThrow('Transport closed');
   });
 
   it('accepts pushes in the result form (pushForm: result, id null)', async () => {
@@ -819,21 +857,21 @@ describe('WebSocketTransport: a misbehaving server', () => {
   });
 });
 
-describe('WebSocketTransport: notifications (send)', () => {
+describe('WebSocketTransport: notifications (notify)', () => {
   it('resolves a send without requires_ack once written, with requires_ack once acknowledged', async () => {
     const d = await demo();
     const t = transport(d.ws);
-    await t.send({
+    await t.notify({
       sender: CLIENT_URN,
       recipient: DEMO_URN,
       payload_type: 'TaskUpdate',
       payload: { task_id: 't', update_type: 'progress', status: 'working' },
     });
-    await t.send(taskInit('echo', { as: 'notification' })); // a TaskRequest: requires_ack set automatically
+    await t.notify(taskInit('echo', { as: 'notification' })); // a TaskRequest: requires_ack set automatically
     expect(t.unacknowledged).toBe(0);
 
     const refused = await rejection(
-      t.send({
+      t.notify({
         sender: CLIENT_URN,
         recipient: DEMO_URN,
         payload_type: 'NoSuchType',
@@ -858,7 +896,7 @@ describe('WebSocketTransport: notifications (send)', () => {
       .map((f) => f.params.envelope.requires_ack);
     expect(byConnection.sort()).toEqual([true, undefined]);
     expect(withoutAcks.unacknowledged).toBe(0);
-    await withoutAcks.send(taskInit('echo')); // resolves once written: nobody acks here
+    await withoutAcks.notify(taskInit('echo')); // resolves once written: nobody acks here
 
     const bare = transport(r.url, { ack: false, circuitBreaker: false, timerResolutionMs: 10 });
     expect(bare.circuitState).toBe('closed');
@@ -883,7 +921,7 @@ describe('WebSocketTransport: notifications (send)', () => {
     });
     const t = transport(r.url);
     const env = createEnvelope(taskInit('echo'));
-    const err = await rejection(t.send(env));
+    const err = await rejection(t.notify(env));
     expect(err.code).toBe(ErrorCode.InvalidRequest);
     expect(err.message).toBe('Envelope rejected by the peer');
     expect(err.data).toEqual({ envelope_id: env.id });
@@ -892,7 +930,7 @@ describe('WebSocketTransport: notifications (send)', () => {
 
   it('rejects a send on a transport that cannot connect', async () => {
     const t = transport(undefined);
-    const err = await rejection(t.send(taskInit('echo')));
+    const err = await rejection(t.notify(taskInit('echo')));
     expect(err).toBeInstanceOf(ConnectionError);
     expect(t.state).toBe('closed');
     expect(t.unacknowledged).toBe(0);
@@ -930,10 +968,14 @@ describe('WebSocketTransport: events and close', () => {
     t.on('error', (e) => errors.push(e));
     const err = await rejection(t.connect());
     expect(err).toBeInstanceOf(ConnectionError);
-    expect(err.message).toMatch(/Connection closed \(1006/);
+    // What happened, not the bare close code (1006) that follows it; ws's error is the cause.
+    expect(err.message).toMatch(/^connection refused \(127\.0\.0\.1:\d+\)$/);
+    expect(err.data).toEqual({ code: 1006, reason: '' });
     expect(errors.length).toBeGreaterThan(0);
     expect(errors[0]).toBeInstanceOf(ConnectionError);
-    expect(errors[0]?.message).toMatch(/ECONNREFUSED/);
+    expect(errors[0]?.message).toBe(err.message);
+    const described = errors[0]?.cause as Error | undefined;
+    expect((described?.cause as Error | undefined)?.message).toMatch(/ECONNREFUSED/);
     expect(t.state).toBe('closed');
     expect((await rejection(t.connect())).message).toBe('Transport is closed');
     expect((await rejection(t.send(taskInit('echo')))).message).toBe('Transport is closed');

@@ -1,10 +1,12 @@
 /** connectRedis and redisStore: readiness, failures mapped to -32040, scripts, counters, push adapter, close. */
 import { afterAll, describe, expect, it } from 'vitest';
+import { ASAPClient } from '../../src/client/client.js';
 import { ASAPError } from '../../src/protocol/errors.js';
 import { connectRedis, LuaScript } from '../../src/redis/connection.js';
 import { RedisPushAdapter } from '../../src/redis/push-adapter.js';
 import { redisStore } from '../../src/redis/store.js';
 import { LocalPushAdapter } from '../../src/server/push-adapter.js';
+import { ASAPServer } from '../../src/server/server.js';
 import { freePort } from '../support/redis-server.js';
 import {
   captureLogger,
@@ -130,5 +132,45 @@ describe.skipIf(!redisAvailable())('Redis connection and store', () => {
     expect(store.available).toBe(false);
     await expect(store.increment('count')).rejects.toMatchObject({ code: -32040 });
     await other.close();
+  });
+  it('reports each operation to the storeOperation hook; the server counts them in its metrics', async () => {
+    const conn = await connect(redis.server.url, { keyPrefix: uniquePrefix() });
+    const seen: boolean[] = [];
+    conn.hooks = {
+      storeOperation: (ms, ok) => {
+        expect(ms).toBeGreaterThanOrEqual(0);
+        seen.push(ok);
+      },
+    };
+    await conn.run((c) => c.ping());
+    await expect(conn.run((c) => c.sendCommand(['NOSUCHCOMMAND']))).rejects.toMatchObject({ code: -32040 });
+    // An ASAPError an operation throws is its answer, not a store failure.
+    await expect(
+      conn.run(async () => {
+        throw new ASAPError(-32010, 'Task not found');
+      }),
+    ).rejects.toMatchObject({ code: -32010 });
+    expect(seen).toEqual([true, false, true]);
+
+    const store = await redisStore(redis.server.url, { keyPrefix: uniquePrefix() });
+    const server = new ASAPServer({
+      manifest: { id: 'urn:asap:agent:demo', description: 'store metrics' },
+      store,
+      metrics: true,
+      replay: false,
+    });
+    server.skill('echo', (env) => ({ task_id: env.id, status: 'completed', result: env.payload.input }));
+    const { url } = await server.listen({ port: 0 });
+    try {
+      const reply = await new ASAPClient(`${url}/asap`).task('echo', { x: 1 });
+      expect(reply.payload.result).toEqual({ x: 1 });
+      const text = await server.prometheus!.metrics();
+      // The dedupe claim and the outcome: two operations, both fine.
+      expect(text).toContain('asap_store_operation_duration_seconds_count{status="ok"} 2\n');
+      expect(text).toContain('asap_store_errors_total 0\n');
+    } finally {
+      await server.close();
+      await store.close();
+    }
   });
 });

@@ -455,8 +455,9 @@ describe('bearer authentication', () => {
 });
 
 describe('GET /.well-known/asap/manifest.json', () => {
-  it('serves a valid manifest with endpoints built from the Host header and the skills listed', async () => {
+  it('serves a valid manifest with endpoints built from the listen address (not the Host header) and the skills listed', async () => {
     const { url } = await startDemo();
+    const own = new URL(url).host;
     const res = await rawRequest(url, {
       path: '/.well-known/asap/manifest.json',
       headers: { host: 'agent.example:9000' },
@@ -467,10 +468,7 @@ describe('GET /.well-known/asap/manifest.json', () => {
     const v = validateManifest(manifest);
     expect(v.ok, JSON.stringify(v)).toBe(true);
     expect(manifest.id).toBe(DEMO);
-    expect(manifest.endpoints).toEqual({
-      asap: 'http://agent.example:9000/asap',
-      events: 'ws://agent.example:9000/asap/ws',
-    });
+    expect(manifest.endpoints).toEqual({ asap: `http://${own}/asap`, events: `ws://${own}/asap/ws` });
     expect(manifest.capabilities.streaming).toBe(true);
     expect(manifest.capabilities.asap_version).toBe('0.1');
     expect(manifest.supported_versions).toEqual(['0.1']);

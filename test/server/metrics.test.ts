@@ -102,6 +102,60 @@ describe('GET /asap/metrics', () => {
     expect(sample(m.text, 'asap_acks_sent_total{status="received"}')).toBeGreaterThanOrEqual(1);
   });
 
+  it('exact counts after a scripted workload over both bindings', async () => {
+    const { url, wsUrl, server } = await startDemo({ metrics: true, rateLimit: 0 });
+    const peer = await connect(wsUrl);
+    for (let i = 0; i < 3; i++) await peer.call(task('echo', { i }), `e${i}`);
+    const once = task('echo', { again: true });
+    await peer.call(once, 'first');
+    await peer.call(once, 'copy'); // the same envelope again: answered from the dedupe store
+    await peer.call(task('stream', { chunks: 3, interval_ms: 0 }), 's');
+    await peer.call(task('push', { count: 2 }), 'p');
+    const failed = await post(url, rpcRequest(task('fail', { message: 'no' }), 'f'));
+    expect(failed.error.code).toBe(-32603);
+
+    let m = await scrape(url);
+    expect(sample(m.text, 'asap_requests_total{payload_type="TaskRequest",status="success"}')).toBe(6);
+    expect(sample(m.text, 'asap_requests_total{payload_type="TaskRequest",status="error"}')).toBe(1);
+    expect(
+      sample(m.text, 'asap_request_duration_seconds_count{payload_type="TaskRequest",status="success"}'),
+    ).toBe(6);
+    expect(
+      sample(
+        m.text,
+        'asap_request_duration_seconds_bucket{le="+Inf",payload_type="TaskRequest",status="success"}',
+      ),
+    ).toBe(6);
+    expect(sample(m.text, 'asap_handler_errors_total{payload_type="TaskRequest",skill="fail"}')).toBe(1);
+    expect(sample(m.text, 'asap_dedupe_total{state="new"}')).toBe(7);
+    expect(sample(m.text, 'asap_dedupe_total{state="done"}')).toBe(1);
+    expect(sample(m.text, 'asap_stream_chunks_total{skill="stream"}')).toBe(3);
+    expect(sample(m.text, 'asap_pushes_total{replayed="false"}')).toBe(2);
+    expect(sample(m.text, 'asap_pushes_total{replayed="true"}')).toBe(0);
+    expect(sample(m.text, 'asap_websocket_connections')).toBe(1);
+    expect(sample(m.text, 'asap_draining')).toBe(0);
+    expect(sample(m.text, 'asap_dedupe_evicted_total')).toBe(0);
+    expect(sample(m.text, 'asap_store_errors_total')).toBe(0); // in memory: no store operations
+    expect(sample(m.text, 'asap_store_operation_duration_seconds_count{status="ok"}')).toBe(0);
+    expect(m.text).toContain('# TYPE asap_request_duration_seconds histogram');
+
+    peer.ws.close();
+    await waitFor(
+      async () => sample((await scrape(url)).text, 'asap_websocket_connections') === 0,
+      'the close',
+    );
+    m = await scrape(url);
+    expect(sample(m.text, 'asap_websocket_closes_total{reason="normal"}')).toBe(1);
+
+    // Draining shows while the server closes.
+    const sleeper = await connect(wsUrl);
+    const sleeping = sleeper.call(task('sleep', { ms: 300 }), 'z').catch(() => undefined);
+    await waitFor(() => server.dispatcher.inFlight === 1, 'the sleep to start');
+    const closing = server.close();
+    expect(sample(await server.prometheus!.metrics(), 'asap_draining')).toBe(1);
+    await Promise.all([closing, sleeping]);
+  });
+
   it('records into a user-supplied registry', async () => {
     const registry = new Registry();
     const { url, server } = await startDemo({ metrics: { registry } });
@@ -115,7 +169,8 @@ describe('GET /asap/metrics', () => {
   it('is off by default: no route, no hooks', async () => {
     const { url, server } = await startDemo();
     expect(server.prometheus).toBeUndefined();
-    expect(server.dispatcher.hooks).toBeUndefined();
+    // Only the hook of the server's `error` event (handler failures): no metric records anything.
+    expect(Object.keys(server.dispatcher.hooks ?? {})).toEqual(['handlerError']);
     expect((await scrape(url)).status).toBe(404);
   });
 

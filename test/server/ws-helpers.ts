@@ -32,13 +32,13 @@ export function sleep(ms: number): Promise<void> {
 
 /** Polls `check` until it returns something other than undefined/false, up to `timeoutMs`. */
 export async function waitFor<T>(
-  check: () => T | undefined | false,
+  check: () => T | undefined | false | Promise<T | undefined | false>,
   label = 'condition',
   timeoutMs = 5000,
 ): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const v = check();
+    const v = await check();
     if (v !== undefined && v !== false) return v;
     if (Date.now() > deadline) throw new Error(`Timed out waiting for ${label}`);
     await sleep(5);
