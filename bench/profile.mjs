@@ -6,6 +6,7 @@
 //   node bench/profile.mjs --seconds 10 --top 15 --load '{"conns":1,"inflight":64}'
 //   node bench/profile.mjs --server base-http --load '{"mode":"http","conns":32}'   (row 6)
 //   node bench/profile.mjs --dist bench/out/dist-snapshot   the copy of dist/ that the last bench run used
+//   node bench/profile.mjs --server-args '["--redis","redis://127.0.0.1:6379"]'   rows 10/11 (your Redis)
 //   node bench/profile.mjs bench/out/x.cpuprofile [--whole]   summarise an existing profile only
 //
 // The server runs as in bench/run.mjs (pinned to core 0, the raw client on core 1), with
@@ -118,7 +119,9 @@ async function capture() {
   const name = `${kind}-${shape}-${Date.now()}.cpuprofile`;
   const nodeArgs = ['--cpu-prof', `--cpu-prof-dir=${OUT_DIR}`, `--cpu-prof-name=${name}`];
   const since = Date.now();
-  const server = await startServer(kind, { nodeArgs });
+  // --server-args '["--redis","redis://127.0.0.1:6399"]': extra flags for the server (asap serve).
+  const args = JSON.parse(arg('--server-args', '[]'));
+  const server = await startServer(kind, { nodeArgs, args });
   process.stderr.write(`profiling: ${serverCommand(kind, nodeArgs)}\n`);
   let res;
   try {

@@ -13,8 +13,18 @@ class NodeWebSocket implements WebSocketLike {
   onmessage: ((ev: { data: unknown }) => void) | null = null;
   onclose: ((ev: { code: number; reason: string }) => void) | null = null;
   onerror: ((ev: unknown) => void) | null = null;
+  /** The TCP socket under the WebSocket (from the upgrade response), corked while a tick writes. */
+  private wire: Corkable | undefined;
+  private corked = false;
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.wire?.uncork();
+  };
 
   constructor(private readonly ws: WebSocket) {
+    ws.once('upgrade', (res: { socket: Corkable }) => {
+      this.wire = res.socket;
+    });
     ws.on('open', () => this.onopen?.(undefined));
     ws.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
       this.onmessage?.({ data: isBinary ? data : data.toString() });
@@ -43,7 +53,16 @@ class NodeWebSocket implements WebSocketLike {
   set binaryType(type: string) {
     this.ws.binaryType = type as WebSocket['binaryType'];
   }
+  /**
+   * Sends one message. The requests a tick sends (many, when the caller pipelines) leave in one
+   * write, one syscall, instead of one each: the socket is corked until the end of the tick.
+   */
   send(data: string): void {
+    if (this.wire !== undefined && !this.corked) {
+      this.corked = true;
+      this.wire.cork();
+      process.nextTick(this.uncork);
+    }
     this.ws.send(data);
   }
   close(code?: number, reason?: string): void {
@@ -53,6 +72,12 @@ class NodeWebSocket implements WebSocketLike {
   terminate(): void {
     this.ws.terminate();
   }
+}
+
+/** The part of a TCP socket that batching writes needs. */
+interface Corkable {
+  cork(): void;
+  uncork(): void;
 }
 
 /** The fields Node's network and TLS errors carry besides the message. */

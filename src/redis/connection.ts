@@ -57,6 +57,10 @@ export class RedisConnection {
   private down = false;
   /** Told of every operation of {@link run} (`storeOperation`), when set. */
   hooks: Instrumentation | undefined;
+  /** Operations of {@link run} in flight, oldest first, and the stall check watching them. */
+  private readonly operations = new Set<Operation>();
+  private watcher: NodeJS.Timeout | undefined;
+  private tick = 0;
 
   /** @internal Use {@link connectRedis}. */
   constructor(
@@ -102,31 +106,77 @@ export class RedisConnection {
   /**
    * Runs Redis commands: fails fast with {@link unavailable} while the connection is down,
    * and turns any failure of `op` (other than an ASAPError it threw) into that error. An
-   * `op` without an answer within `commandTimeoutMs` fails too, and marks Redis stalled
-   * (unavailable) until it answers again, so requests do not pile up behind a frozen Redis.
+   * `op` without an answer within `commandTimeoutMs` (checked every quarter of it, so within
+   * 1.25 × `commandTimeoutMs`) fails too, and marks Redis stalled (unavailable) until it answers
+   * again, so requests do not pile up behind a frozen Redis. One timer watches every operation
+   * in flight (none per operation): a request makes two or three of them.
    */
-  async run<T>(op: (client: RedisClient) => Promise<T>): Promise<T> {
-    if (!this.available) throw this.unavailable();
+  run<T>(op: (client: RedisClient) => Promise<T>): Promise<T> {
+    if (!this.available) return Promise.reject(this.unavailable());
     this.inFlight++;
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(STALLED), this.commandTimeoutMs);
-    });
     const hooks = this.hooks;
     const started = hooks?.storeOperation === undefined ? 0 : performance.now();
-    try {
-      const result = await Promise.race([op(this.client), deadline]);
-      if (started !== 0) hooks!.storeOperation!(performance.now() - started, true);
-      return result;
-    } catch (err) {
-      if (started !== 0) hooks!.storeOperation!(performance.now() - started, err instanceof ASAPError);
-      if (err instanceof ASAPError) throw err;
-      if (err === STALLED) this.stall();
-      else this.logger.warn({ err: (err as Error).message }, 'Redis command failed');
-      throw this.unavailable();
-    } finally {
-      clearTimeout(timer);
-      if (--this.inFlight === 0) this.drained?.();
+    return new Promise<T>((resolve, reject) => {
+      const entry: Operation = { tick: this.tick, fail: reject };
+      this.operations.add(entry);
+      this.watch();
+      let answer: Promise<T>;
+      try {
+        answer = op(this.client);
+      } catch (err) {
+        answer = Promise.reject(err); // an op that throws before it returns fails the same way
+      }
+      answer.then(
+        (value) => {
+          if (!this.operations.delete(entry)) return; // failed as stalled already
+          this.settled(started, true);
+          resolve(value);
+        },
+        (err: unknown) => {
+          if (!this.operations.delete(entry)) return;
+          this.settled(started, err instanceof ASAPError);
+          if (err instanceof ASAPError) return reject(err);
+          this.logger.warn({ err: (err as Error).message }, 'Redis command failed');
+          reject(this.unavailable());
+        },
+      );
+    });
+  }
+
+  /** An operation of {@link run} ended (answered, failed, or given up as stalled). */
+  private settled(started: number, ok: boolean): void {
+    if (started !== 0) this.hooks?.storeOperation?.(performance.now() - started, ok);
+    if (--this.inFlight === 0) this.drained?.();
+  }
+
+  /** Starts the stall check while operations are in flight. */
+  private watch(): void {
+    if (this.watcher !== undefined) return;
+    const every = Math.max(1, Math.ceil(this.commandTimeoutMs / STALL_TICKS));
+    this.watcher = setInterval(() => this.checkStalls(), every);
+    this.watcher.unref();
+  }
+
+  /**
+   * Fails the operations older than `commandTimeoutMs` (STALL_TICKS ticks) and marks Redis
+   * stalled; stops the timer once nothing is in flight.
+   */
+  private checkStalls(): void {
+    this.tick++;
+    let stalled = false;
+    // In start order: the first one young enough ends the scan.
+    for (const op of this.operations) {
+      if (this.tick - op.tick <= STALL_TICKS) break;
+      this.operations.delete(op);
+      this.settled(0, false);
+      this.hooks?.storeOperation?.(this.commandTimeoutMs, false);
+      op.fail(this.unavailable());
+      stalled = true;
+    }
+    if (stalled) this.stall();
+    if (this.operations.size === 0) {
+      clearInterval(this.watcher);
+      this.watcher = undefined;
     }
   }
 
@@ -151,6 +201,8 @@ export class RedisConnection {
     // Open until here (their reconnect strategy never gives up): whatever is still pending is rejected.
     this.client.destroy();
     this.subscriber.destroy();
+    clearInterval(this.watcher);
+    this.watcher = undefined;
   }
 
   private onError(name: string, err: Error): void {
@@ -182,7 +234,14 @@ export class RedisConnection {
   }
 }
 
-const STALLED = new Error('Redis stalled');
+/** The stall check runs this many times per `commandTimeoutMs`. */
+const STALL_TICKS = 4;
+
+/** An operation of `run` in flight: the check tick it started in, and how to fail it. */
+interface Operation {
+  tick: number;
+  fail: (err: unknown) => void;
+}
 
 /**
  * Opens the command and subscriber connections to `url` (`redis://[user:pass@]host:port[/db]`)

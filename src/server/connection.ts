@@ -88,6 +88,23 @@ function onClose(this: WebSocket, code: number, reason: Buffer): void {
 }
 
 /** Why reading from a socket is paused (bits): the in-flight cap, or a send buffer over the mark. */
+/** The part of the TCP socket under a WebSocket that batching writes needs. */
+export interface Corkable {
+  cork(): void;
+  uncork(): void;
+}
+
+/**
+ * Connections whose socket is corked until the end of this tick: the replies to every frame of one
+ * read (a pipelining peer sends many at once) then leave in one write (one syscall) instead of one
+ * each. One nextTick for all of them, so nothing per connection is allocated.
+ */
+const corked: Connection[] = [];
+function uncorkAll(): void {
+  for (const c of corked) c.uncork();
+  corked.length = 0;
+}
+
 const IN_FLIGHT = 1;
 const BACKPRESSURE = 2;
 
@@ -141,11 +158,19 @@ export class Connection implements Session, PushTarget {
   sessionId: string | undefined;
   private unsubscribeSession: (() => void) | undefined;
 
+  /** True while `wire` is corked (until the end of the tick). */
+  private isCorked = false;
+
+  /**
+   * @param wire the TCP socket under `socket`, when the server has it (the upgrade's): writes made
+   *   in one tick are batched into one (see `write`).
+   */
   constructor(
     readonly socket: WebSocket,
     readonly remoteAddress: string | undefined,
     readonly principal: unknown,
     private readonly deps: ConnectionDeps,
+    private readonly wire?: Corkable,
   ) {
     this.limits = deps.limits;
     this.openedAt = this.lastSeen = deps.timers.now();
@@ -340,6 +365,11 @@ export class Connection implements Session, PushTarget {
   write(text: string): void | Promise<void> {
     const socket = this.socket;
     if (socket.readyState !== 1) return;
+    if (this.wire !== undefined && !this.isCorked) {
+      this.wire.cork();
+      this.isCorked = true;
+      if (corked.push(this) === 1) process.nextTick(uncorkAll);
+    }
     if (this.congestion === undefined && socket.bufferedAmount + text.length < this.limits.highWaterMark) {
       socket.send(text);
       return;
@@ -349,6 +379,12 @@ export class Connection implements Session, PushTarget {
     const c = this.congestion ?? this.congest();
     if (socket.bufferedAmount > this.limits.sendHardCap) c.overCap = true;
     return c.drained;
+  }
+
+  /** @internal Sends what was written since the cork (at the end of the tick). */
+  uncork(): void {
+    this.isCorked = false;
+    this.wire!.uncork();
   }
 
   private congest(): Congestion {

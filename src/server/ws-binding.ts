@@ -114,7 +114,7 @@ export class WebSocketBinding {
         return;
       }
       const accept = (principal: unknown) => {
-        const conn = new Connection(ws, req.socket.remoteAddress, principal, this.deps);
+        const conn = new Connection(ws, req.socket.remoteAddress, principal, this.deps, socket);
         this.live.add(conn);
         logger.debug({ conn: conn.id, remote: conn.remoteAddress }, 'connection opened');
         this.opts.connection.instrumentation?.connectionOpened?.({

@@ -144,13 +144,19 @@ describe.skipIf(!redisAvailable())('Redis connection and store', () => {
     };
     await conn.run((c) => c.ping());
     await expect(conn.run((c) => c.sendCommand(['NOSUCHCOMMAND']))).rejects.toMatchObject({ code: -32040 });
+    // An operation that throws before returning its promise fails the same way.
+    await expect(
+      conn.run(() => {
+        throw new Error('thrown at once');
+      }),
+    ).rejects.toMatchObject({ code: -32040 });
     // An ASAPError an operation throws is its answer, not a store failure.
     await expect(
       conn.run(async () => {
         throw new ASAPError(-32010, 'Task not found');
       }),
     ).rejects.toMatchObject({ code: -32010 });
-    expect(seen).toEqual([true, false, true]);
+    expect(seen).toEqual([true, false, false, true]);
 
     const store = await redisStore(redis.server.url, { keyPrefix: uniquePrefix() });
     const server = new ASAPServer({
