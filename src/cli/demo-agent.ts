@@ -73,7 +73,7 @@ function countIn(store: Pick<ServerStore, 'increment'>) {
   };
 }
 
-/** The demo agent's skills (../shared/spec/demo-agent.md). */
+/** The demo agent's skills (README, "The `asap` command"). */
 export const demoSkills = {
   echo: (env: Envelope<TaskRequest>) => ({
     task_id: env.id,
