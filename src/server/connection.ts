@@ -100,6 +100,8 @@ export interface Corkable {
  * each. One nextTick for all of them, so nothing per connection is allocated.
  */
 const corked: Connection[] = [];
+/** Corked writes flushed together at most: batching without making the peer wait for the whole tick. */
+export const FLUSH_EVERY = 8;
 function uncorkAll(): void {
   for (const c of corked) c.uncork();
   corked.length = 0;
@@ -158,8 +160,8 @@ export class Connection implements Session, PushTarget {
   sessionId: string | undefined;
   private unsubscribeSession: (() => void) | undefined;
 
-  /** True while `wire` is corked (until the end of the tick). */
-  private isCorked = false;
+  /** Writes held in `wire` since it was corked this tick (0: not corked). */
+  private corkedWrites = 0;
 
   /**
    * @param wire the TCP socket under `socket`, when the server has it (the upgrade's): writes made
@@ -365,10 +367,16 @@ export class Connection implements Session, PushTarget {
   write(text: string): void | Promise<void> {
     const socket = this.socket;
     if (socket.readyState !== 1) return;
-    if (this.wire !== undefined && !this.isCorked) {
-      this.wire.cork();
-      this.isCorked = true;
-      if (corked.push(this) === 1) process.nextTick(uncorkAll);
+    if (this.wire !== undefined) {
+      if (this.corkedWrites === 0) {
+        this.wire.cork();
+        if (corked.push(this) === 1) process.nextTick(uncorkAll);
+      } else if (this.corkedWrites % FLUSH_EVERY === 0) {
+        // A long batch leaves in parts, so the peer starts on the first while the rest is made.
+        this.wire.uncork();
+        this.wire.cork();
+      }
+      this.corkedWrites++;
     }
     if (this.congestion === undefined && socket.bufferedAmount + text.length < this.limits.highWaterMark) {
       socket.send(text);
@@ -383,7 +391,7 @@ export class Connection implements Session, PushTarget {
 
   /** @internal Sends what was written since the cork (at the end of the tick). */
   uncork(): void {
-    this.isCorked = false;
+    this.corkedWrites = 0;
     this.wire!.uncork();
   }
 

@@ -9,6 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import { wsWebSocketFactory } from '../../src/client/node-websocket.js';
 import { WebSocketTransport } from '../../src/client/websocket-transport.js';
+import { FLUSH_EVERY } from '../../src/server/connection.js';
 import { ASAPServer } from '../../src/server/server.js';
 import { cleanup, rpcRequest, task, trackHttpServer, trackServer, waitFor } from './ws-helpers.js';
 
@@ -21,8 +22,10 @@ describe('batched writes', () => {
     const http: Server = trackHttpServer(createServer());
     const server = trackServer(new ASAPServer({ manifest: { id: 'urn:asap:agent:demo', description: 'd' } }));
     const corkedAt: number[] = [];
+    const heldAt: number[] = [];
     server.skill('probe', (env) => {
       corkedAt.push(raw!.writableCorked);
+      heldAt.push(raw!.writableLength);
       return { task_id: env.id, status: 'completed' };
     });
     server.attach(http);
@@ -36,11 +39,15 @@ describe('batched writes', () => {
     const replies: unknown[] = [];
     ws.on('message', (data) => replies.push(data));
     await new Promise((resolve) => ws.once('open', resolve));
-    // Three frames sent in one tick of this process: the server reads them together.
-    for (let i = 0; i < 3; i++) ws.send(rpcRequest(task('probe', { i }), i));
-    await waitFor(() => replies.length === 3, 'the replies');
+    // Frames sent in one tick of this process: the server reads them together.
+    const n = FLUSH_EVERY + 2;
+    for (let i = 0; i < n; i++) ws.send(rpcRequest(task('probe', { i }), i));
+    await waitFor(() => replies.length === n, 'the replies');
     // The first handler ran before any write of the tick; the next ones after the first reply, corked.
-    expect(corkedAt).toEqual([0, 1, 1]);
+    expect(corkedAt).toEqual([0, ...new Array(n - 1).fill(1)]);
+    // Replies pile up in the corked socket, FLUSH_EVERY at most: the next write sends them.
+    for (let i = 2; i <= FLUSH_EVERY; i++) expect(heldAt[i]).toBeGreaterThan(heldAt[i - 1]!);
+    expect(heldAt[FLUSH_EVERY + 1]).toBeLessThan(heldAt[FLUSH_EVERY]!);
     await nextTick();
     expect(raw!.writableCorked).toBe(0);
     ws.close();
@@ -78,11 +85,18 @@ describe('batched writes', () => {
       await transport.connect();
       await nextTick();
       expect(raw!.writableCorked).toBe(0);
-      for (let i = 0; i < 3; i++) transport.request(task('echo', { i })).catch(() => undefined);
+      const held: number[] = [];
+      for (let i = 0; i < 10; i++) {
+        transport.request(task('echo', { i })).catch(() => undefined);
+        held.push(raw!.writableLength);
+      }
       expect(raw!.writableCorked).toBe(1);
+      // Held while corked, 8 at most: the ninth send flushes the first eight.
+      for (let i = 1; i < 8; i++) expect(held[i]).toBeGreaterThan(held[i - 1]!);
+      expect(held[8]).toBeLessThan(held[7]!);
       await nextTick();
       expect(raw!.writableCorked).toBe(0);
-      await waitFor(() => frames === 3, 'the requests');
+      await waitFor(() => frames === 10, 'the requests');
     } finally {
       await transport.close();
       await new Promise((resolve) => wss.close(resolve));
