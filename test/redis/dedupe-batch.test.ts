@@ -12,21 +12,16 @@ import {
   captureLogger,
   closeAll,
   connect,
+  FP,
+  pending,
   redisAvailable,
+  reply,
   sleep,
   track,
   uniquePrefix,
   useRedis,
   waitFor,
 } from './helpers.js';
-
-const FP = 42;
-const reply: Outcome = { kind: 'result', envelope: '{"id":"r1"}' };
-
-function pending(c: Claim): Promise<Outcome | undefined> {
-  if (c.state !== 'pending') throw new Error(`expected pending, got ${c.state}`);
-  return c.outcome;
-}
 
 /** How a promise settled: its value, or the error it rejected with. */
 function outcome<T>(p: T | Promise<T>): Promise<{ ok: true; value: T } | { ok: false; err: unknown }> {

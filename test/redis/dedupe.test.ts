@@ -1,28 +1,23 @@
 /** RedisDedupeStore beyond the shared contract: pub/sub waits without polling, leases, lost claims, Redis errors. */
 import { createClient } from '@redis/client';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { Claim, Outcome } from '../../src/core/dedupe.js';
+import type { Outcome } from '../../src/core/dedupe.js';
 import { ASAPError } from '../../src/protocol/errors.js';
 import { RedisDedupeStore } from '../../src/redis/dedupe.js';
 import {
   captureLogger,
   closeAll,
   connect,
+  FP,
+  pending,
   redisAvailable,
+  reply,
   sleep,
   track,
   uniquePrefix,
   useRedis,
   waitFor,
 } from './helpers.js';
-
-const FP = 42;
-const reply: Outcome = { kind: 'result', envelope: '{"id":"r1"}' };
-
-function pending(c: Claim): Promise<Outcome | undefined> {
-  if (c.state !== 'pending') throw new Error(`expected pending, got ${c.state}`);
-  return c.outcome;
-}
 
 describe.skipIf(!redisAvailable())('RedisDedupeStore', () => {
   const redis = useRedis();

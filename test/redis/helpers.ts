@@ -1,6 +1,7 @@
 /** Helpers of the Redis tests: one real redis-server per test file, a key prefix per test, logs kept. */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll } from 'vitest';
+import type { Claim, Outcome } from '../../src/core/dedupe.js';
 import type { Logger } from '../../src/core/logger.js';
 import {
   connectRedis,
@@ -82,3 +83,13 @@ export async function waitFor(
 }
 
 export { sleep };
+
+/** The fingerprint and outcome the dedupe tests claim and complete with. */
+export const FP = 42;
+export const reply: Outcome = { kind: 'result', envelope: '{"id":"r1"}' };
+
+/** The outcome promise of a `pending` claim (fails the test on any other state). */
+export function pending(c: Claim): Promise<Outcome | undefined> {
+  if (c.state !== 'pending') throw new Error(`expected pending, got ${c.state}`);
+  return c.outcome;
+}
