@@ -1,4 +1,5 @@
 import type WebSocket from 'ws';
+import { type Corkable, holdWrite } from '../core/cork.js';
 import type { WebSocketFactory, WebSocketLike } from './runtime.js';
 
 /** The `ws` constructor, passed in: this file imports no `ws` code, so the browser graph stays free of it. */
@@ -59,17 +60,7 @@ class NodeWebSocket implements WebSocketLike {
    * write, one syscall, instead of one each: the socket is corked until the end of the tick.
    */
   send(data: string): void {
-    if (this.wire !== undefined) {
-      if (this.corked === 0) {
-        this.wire.cork();
-        process.nextTick(this.uncork);
-      } else if (this.corked % FLUSH_EVERY === 0) {
-        // A long batch leaves in parts, so the server starts on the first while the rest is made.
-        this.wire.uncork();
-        this.wire.cork();
-      }
-      this.corked++;
-    }
+    if (this.wire !== undefined && holdWrite(this.wire, this.corked++)) process.nextTick(this.uncork);
     this.ws.send(data);
   }
   close(code?: number, reason?: string): void {
@@ -79,15 +70,6 @@ class NodeWebSocket implements WebSocketLike {
   terminate(): void {
     this.ws.terminate();
   }
-}
-
-/** Sends flushed together at most (a pipelining caller's batch leaves in parts of this many). */
-const FLUSH_EVERY = 8;
-
-/** The part of a TCP socket that batching writes needs. */
-interface Corkable {
-  cork(): void;
-  uncork(): void;
 }
 
 /** The fields Node's network and TLS errors carry besides the message. */

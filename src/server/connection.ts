@@ -1,6 +1,7 @@
 import type { WebSocket } from 'ws';
 import type { AckOptions } from '../core/ack-tracker.js';
 import type { SendResult } from '../core/channel.js';
+import { type Corkable, holdWrite } from '../core/cork.js';
 import { type Answer, isPromiseLike, type Session } from '../core/dispatcher.js';
 import { boundAgents, principalId } from '../core/identity.js';
 import type { Instrumentation } from '../core/instrumentation.js';
@@ -87,26 +88,18 @@ function onClose(this: WebSocket, code: number, reason: Buffer): void {
   owner(this).onClose(code, reason.toString());
 }
 
-/** Why reading from a socket is paused (bits): the in-flight cap, or a send buffer over the mark. */
-/** The part of the TCP socket under a WebSocket that batching writes needs. */
-export interface Corkable {
-  cork(): void;
-  uncork(): void;
-}
-
 /**
- * Connections whose socket is corked until the end of this tick: the replies to every frame of one
- * read (a pipelining peer sends many at once) then leave in one write (one syscall) instead of one
- * each. One nextTick for all of them, so nothing per connection is allocated.
+ * Connections whose socket is corked until the end of this tick (see core/cork.ts): the replies to
+ * the frames of one read leave in one write. One nextTick for all of them, so nothing per
+ * connection is allocated.
  */
 const corked: Connection[] = [];
-/** Corked writes flushed together at most: batching without making the peer wait for the whole tick. */
-export const FLUSH_EVERY = 8;
 function uncorkAll(): void {
   for (const c of corked) c.uncork();
   corked.length = 0;
 }
 
+/** Why reading from a socket is paused (bits): the in-flight cap, or a send buffer over the mark. */
 const IN_FLIGHT = 1;
 const BACKPRESSURE = 2;
 
@@ -367,16 +360,8 @@ export class Connection implements Session, PushTarget {
   write(text: string): void | Promise<void> {
     const socket = this.socket;
     if (socket.readyState !== 1) return;
-    if (this.wire !== undefined) {
-      if (this.corkedWrites === 0) {
-        this.wire.cork();
-        if (corked.push(this) === 1) process.nextTick(uncorkAll);
-      } else if (this.corkedWrites % FLUSH_EVERY === 0) {
-        // A long batch leaves in parts, so the peer starts on the first while the rest is made.
-        this.wire.uncork();
-        this.wire.cork();
-      }
-      this.corkedWrites++;
+    if (this.wire !== undefined && holdWrite(this.wire, this.corkedWrites++)) {
+      if (corked.push(this) === 1) process.nextTick(uncorkAll);
     }
     if (this.congestion === undefined && socket.bufferedAmount + text.length < this.limits.highWaterMark) {
       socket.send(text);

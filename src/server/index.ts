@@ -1,3 +1,4 @@
+export type { Corkable } from '../core/cork.js';
 export {
   ASAP_SCOPES,
   INSUFFICIENT_SCOPE,
@@ -8,7 +9,7 @@ export {
   scopeFor,
 } from '../core/scopes.js';
 export { type Authenticator, type AuthRequest, staticToken, type TokenVerifier } from './auth.js';
-export type { ConnectionInfo, ConnectionLimits, Corkable } from './connection.js';
+export type { ConnectionInfo, ConnectionLimits } from './connection.js';
 export { Connection } from './connection.js';
 export { Drain } from './drain.js';
 export type {

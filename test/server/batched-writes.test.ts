@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import { wsWebSocketFactory } from '../../src/client/node-websocket.js';
 import { WebSocketTransport } from '../../src/client/websocket-transport.js';
-import { FLUSH_EVERY } from '../../src/server/connection.js';
+import { FLUSH_EVERY } from '../../src/core/cork.js';
 import { ASAPServer } from '../../src/server/server.js';
 import { cleanup, rpcRequest, task, trackHttpServer, trackServer, waitFor } from './ws-helpers.js';
 
