@@ -3,7 +3,7 @@
  * call, each caller still gets its own answer, and a failure of the call reaches every caller.
  */
 import { createClient } from '@redis/client';
-import { afterAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Claim, Outcome } from '../../src/core/dedupe.js';
 import { ASAPError } from '../../src/protocol/errors.js';
 import type { RedisConnection } from '../../src/redis/connection.js';
@@ -44,15 +44,25 @@ function expectUnavailable(r: { ok: boolean; err?: unknown }): void {
 
 describe.skipIf(!redisAvailable())('RedisDedupeStore batching', () => {
   const redis = useRedis();
-  afterAll(closeAll);
+  // Each test's stores closed when it ends: their background calls (renewals, retries) would
+  // otherwise land in the next test's command counts (INFO commandstats is per server).
+  afterEach(closeAll);
   beforeEach(async () => {
     if (!redis.server.running) await redis.server.restart();
   });
 
-  async function twoNodes(opts: RedisDedupeOptions = {}, logger = captureLogger()) {
+  /**
+   * Nodes a and b on one key prefix. Node a's stall check is `commandTimeoutMs` (default the
+   * connection's 2 s: a shorter one would fail batches as stalled when the machine is busy).
+   */
+  async function twoNodes(
+    opts: RedisDedupeOptions = {},
+    logger = captureLogger(),
+    commandTimeoutMs?: number,
+  ) {
     const keyPrefix = uniquePrefix();
     const [ca, cb] = await Promise.all([
-      connect(redis.server.url, { keyPrefix, nodeId: 'a', logger, commandTimeoutMs: 300 }),
+      connect(redis.server.url, { keyPrefix, nodeId: 'a', logger, commandTimeoutMs }),
       connect(redis.server.url, { keyPrefix, nodeId: 'b', logger }),
     ]);
     const a = track(new RedisDedupeStore(ca, opts));
@@ -206,7 +216,7 @@ describe.skipIf(!redisAvailable())('RedisDedupeStore batching', () => {
   });
 
   it('Redis stalling with batches in flight: every caller of each batch gets -32040', async () => {
-    const { a, ca } = await twoNodes();
+    const { a, ca } = await twoNodes({}, captureLogger(), 300);
     await redis.server.pause();
     // Two batches, a tick of the stall check apart: each fails on its own check.
     const first = Array.from({ length: 20 }, (_, i) => outcome(a.claim(`k-stall-${i}`, FP)));
