@@ -104,6 +104,15 @@ interface Pending {
   waiters: { promise: Promise<Outcome | undefined>; resolve: (o: Outcome | undefined) => void } | undefined;
 }
 
+/** An error outcome as JSON; undefined if its `data` cannot be JSON (then it is not kept, like one too big). */
+function errorText(error: JsonRpcErrorObject): string | undefined {
+  try {
+    return JSON.stringify(error);
+  } catch {
+    return undefined;
+  }
+}
+
 /** A first-in first-out run of units in one growable ring buffer: allocated at the tail, freed at the head. */
 class Ring<A extends Uint8Array | Uint16Array> {
   head = 0;
@@ -392,8 +401,8 @@ export class MemoryDedupeStore implements DedupeStore {
       this.stats.outcomes++;
       return 0;
     }
-    const text = outcome.kind === 'result' ? outcome.envelope : JSON.stringify(outcome.error);
-    if (text.length > this.keepLimit) return this.dropNew();
+    const text = outcome.kind === 'result' ? outcome.envelope : errorText(outcome.error);
+    if (text === undefined || text.length > this.keepLimit) return this.dropNew();
     if (this.scratch.length < 3 * text.length) this.scratch = new Uint8Array(3 * text.length);
     const n = this.encoder.encodeInto(text, this.scratch).written;
     if (n > this.keepLimit) return this.dropNew();

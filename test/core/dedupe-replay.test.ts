@@ -104,6 +104,17 @@ describe('MemoryDedupeStore (§10: claim, time-based window, byte budgets)', () 
     expect(store.snapshot().outcomesDropped).toBe(1);
   });
 
+  it('an error outcome whose data is no JSON is not kept: a repeat is "dropped", nothing throws', () => {
+    const store = new MemoryDedupeStore({ clock: new ManualClock() });
+    const cyclic: { self?: object } = {};
+    cyclic.self = cyclic;
+    run(store, 'bigint', { kind: 'error', error: { code: -32000, message: 'm', data: { n: 1n } } });
+    run(store, 'cyclic', { kind: 'error', error: { code: -32000, message: 'm', data: cyclic } });
+    expect(store.claim('bigint', 1)).toEqual({ state: 'dropped' });
+    expect(store.claim('cyclic', 1)).toEqual({ state: 'dropped' });
+    expect(store.snapshot()).toMatchObject({ ids: 2, outcomes: 0, outcomesDropped: 2 });
+  });
+
   it('forgets the oldest ids early past the id budget, counting and logging it (once per 10 s)', () => {
     const clock = new ManualClock();
     const logs: object[] = [];
