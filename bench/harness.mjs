@@ -503,7 +503,7 @@ export async function measureFairness(
  */
 export async function measureSlowConsumer(server, cfg) {
   await sleep(300);
-  await server.ask({ type: 'gc' });
+  const memBefore = await server.ask({ type: 'gc' });
   const before = procRss(server.pid);
   const t0 = performance.now();
   let peak = { rss: before, atMs: 0 };
@@ -524,6 +524,13 @@ export async function measureSlowConsumer(server, cfg) {
   try {
     const bound = cfg.sendMs + cfg.closeWaitMs + cfg.readMs + 10_000;
     const open = await client.next('open', 10_000);
+    // Once the client's writes stall (the server stopped reading it): what the server holds for it,
+    // its V8 heap and external memory after a full GC, apart from how big V8 let its heap grow.
+    let held = null;
+    if (open !== null && !cfg.read && (await client.next('sent', cfg.sendMs + 10_000)) !== null) {
+      await sleep(500);
+      held = await server.ask({ type: 'gc' }).catch(() => null);
+    }
     const waited = open === null ? null : await client.next('waited', bound);
     // The peak while the client sends and does not read; its read-out afterwards is diagnostics.
     const during = peak;
@@ -549,6 +556,8 @@ export async function measureSlowConsumer(server, cfg) {
       rssAfterNoGc: afterNoGc,
       rssAfter: procRss(server.pid),
       heapAfter: mem?.heapUsed ?? null,
+      heldGrowth:
+        held === null ? null : held.heapUsed + held.external - (memBefore.heapUsed + memBefore.external),
       serverAlive: server.child.exitCode === null && server.child.signalCode === null,
       series,
     };
