@@ -32,7 +32,7 @@ import {
 } from '../protocol/payloads.js';
 import { isJsonObject } from '../protocol/schema-util.js';
 import { type Claim, type DedupeStore, MemoryDedupeStore, type Outcome } from './dedupe.js';
-import { fingerprint } from './fingerprint.js';
+import { fingerprint, idDigest, MAX_KEY_ID_LENGTH } from './fingerprint.js';
 import type { Principal } from './identity.js';
 import {
   guardInstrumentation,
@@ -284,7 +284,9 @@ export class Dispatcher {
     session.onEnvelope?.(env);
     if (this.dedupe === undefined) return this.admit(env, type, undefined, id, session, collect);
     // §10: per caller (principal and sender), never by envelope id alone.
-    const key = `${session.callerId ?? ''}\u0000${env.sender}\u0000${env.id}`;
+    // A long id (up to the frame size, the peer's choice) counts in the key by its digest.
+    const envelopeId = env.id.length <= MAX_KEY_ID_LENGTH ? env.id : idDigest(env.id);
+    const key = `${session.callerId ?? ''}\u0000${env.sender}\u0000${envelopeId}`;
     return this.claim(env, type, key, fingerprint(env, type), id, session, collect);
   }
 

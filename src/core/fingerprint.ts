@@ -105,3 +105,37 @@ function mixValue(v: unknown): void {
       mixTag(10);
   }
 }
+
+/**
+ * @internal
+ * Longest envelope id a dedupe key holds as it is. Ids are the peer's choice and the frame size is
+ * their only bound, so a longer one is replaced by {@link idDigest}: a few envelopes with huge ids
+ * must not fill the store's id budget and push other callers' ids out before their window ends.
+ */
+export const MAX_KEY_ID_LENGTH = 128;
+
+/**
+ * @internal
+ * The dedupe key's stand-in for a long envelope id: four 32-bit hashes over every character, plus
+ * the length (`#` and 32 hex digits, `:`, the length). Not secret and not seeded, so every node of a
+ * shared store computes the same; a caller who crafts two ids with one digest only makes its own
+ * envelopes look like copies of each other (the key also holds its identity).
+ */
+export function idDigest(id: string): string {
+  let a = 0x811c9dc5;
+  let b = 0x9747b28c;
+  let c = 0x2545f491;
+  let d = 0x61c88647;
+  for (let i = 0; i < id.length; i++) {
+    const ch = id.charCodeAt(i);
+    a = Math.imul(a ^ ch, 16777619);
+    b = Math.imul(b ^ ch, 0x5bd1e995);
+    b ^= b >>> 15;
+    c = Math.imul(c ^ ch, 0x27d4eb2f);
+    c ^= c >>> 13;
+    d = Math.imul(d + ch, 0x165667b1);
+    d ^= d >>> 16;
+  }
+  const hex = (h: number) => (h >>> 0).toString(16).padStart(8, '0');
+  return `#${hex(a)}${hex(b)}${hex(c)}${hex(d)}:${id.length}`;
+}

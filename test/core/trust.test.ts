@@ -1,7 +1,7 @@
 /** The pieces of asap-wire.md §10 that need no socket: fingerprints, principals, the turn budget. */
 import { describe, expect, it } from 'vitest';
 import { TurnBudget } from '../../src/core/fairness.js';
-import { fingerprint } from '../../src/core/fingerprint.js';
+import { fingerprint, idDigest, MAX_KEY_ID_LENGTH } from '../../src/core/fingerprint.js';
 import { boundAgents, principalId } from '../../src/core/identity.js';
 import { createEnvelope } from '../../src/protocol/envelope.js';
 
@@ -58,6 +58,20 @@ describe('fingerprint (§10 dedupe scope)', () => {
     expect(performance.now() - t0).toBeLessThan(200);
     expect(fingerprint(env({ data: `${big}y` }))).not.toBe(a);
     expect(fingerprint(env({ data: `y${big.slice(1)}` }))).not.toBe(a);
+  });
+});
+
+describe('idDigest (the dedupe key of a long envelope id)', () => {
+  it('is the same for the same id on every call (and node), and tells apart ids that differ anywhere', () => {
+    const long = 'x'.repeat(MAX_KEY_ID_LENGTH * 100);
+    const digest = idDigest(long);
+    expect(digest).toBe(idDigest('x'.repeat(MAX_KEY_ID_LENGTH * 100)));
+    expect(digest).toMatch(/^#[0-9a-f]{32}:12800$/);
+    const seen = new Set([digest]);
+    for (let i = 0; i < long.length; i += 97) seen.add(idDigest(`${long.slice(0, i)}y${long.slice(i + 1)}`));
+    seen.add(idDigest(`${long}x`));
+    seen.add(idDigest(long.slice(1)));
+    expect(seen.size).toBe(2 + Math.ceil(long.length / 97) + 1);
   });
 });
 

@@ -220,6 +220,35 @@ describe('§10 dedupe window: by time, within byte budgets', () => {
     expect(again.result.envelope.payload.result.count).toBe(1);
   }, 60_000);
 
+  // Before: an id counted in the id budget at its full length (the frame size is its only bound),
+  // so each 100,000-character id pushed every other caller's ids out and a repeat of theirs ran again.
+  it("a caller's huge envelope ids do not push other callers' ids out of the window", async () => {
+    const dedupe = new MemoryDedupeStore({ maxIdBytes: 100_000 });
+    const { wsUrl } = await startDemo({ dedupe });
+    const honest = await connect(wsUrl);
+    const hostile = await connect(wsUrl);
+    const mine = task('count', { key: uniqueKey() });
+    expect((await honest.call(mine, 'a')).result.envelope.payload.result.count).toBe(1);
+    const theirKey = uniqueKey();
+    const huge = (i: number) =>
+      task(
+        'count',
+        { key: theirKey },
+        { id: `${i}${'x'.repeat(100_000)}`, sender: 'urn:asap:agent:hostile' },
+      );
+    for (let i = 0; i < 10; i++)
+      expect((await hostile.call(huge(i), `h${i}`)).result.envelope.payload.result.count).toBe(i + 1);
+    expect((await honest.call(mine, 'b')).result.envelope.payload.result.count).toBe(1); // not run again
+    // Their own long ids are still remembered: the same envelope again is not run (its reply, which
+    // repeats the id, is over the 64 KiB kept per outcome, so it is answered as no longer held).
+    const again = await hostile.call(huge(3), 'again');
+    expect(again.error).toMatchObject({
+      code: -32000,
+      data: { reason: 'duplicate; outcome no longer held' },
+    });
+    expect(dedupe.snapshot()).toMatchObject({ ids: 11, idsEvicted: 0 });
+  });
+
   it('an outcome dropped by the budget is answered "outcome no longer held", never run again', async () => {
     const dedupe = new MemoryDedupeStore({ maxOutcomesBytes: 2000 });
     const { wsUrl } = await startDemo({ dedupe });
