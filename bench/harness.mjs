@@ -14,9 +14,28 @@ export const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 export const ROOT = dirname(BENCH_DIR);
 export const OUT_DIR = join(BENCH_DIR, 'out');
 
-/** Same `ws` code path in every process: the pure-JS masking and UTF-8 validation. */
+/** Same `ws` code path in every process: the pure-JS masking and UTF-8 validation (see useNativeWs). */
 export const CHILD_ENV = { ...process.env, WS_NO_BUFFER_UTIL: '1', WS_NO_UTF_8_VALIDATE: '1' };
 delete CHILD_ENV.NODE_OPTIONS;
+
+/**
+ * Lets every process use `ws`'s native add-ons (bufferutil for masking, utf-8-validate), which `ws`
+ * loads when they are installed. Returns their versions, or throws if either is not installed here
+ * (they are not dependencies of the package: `npm i --no-save bufferutil utf-8-validate`).
+ */
+export function useNativeWs() {
+  const version = (name) => {
+    try {
+      return JSON.parse(readFileSync(join(ROOT, 'node_modules', name, 'package.json'), 'utf8')).version;
+    } catch {
+      throw new Error(`--ws-native: ${name} is not installed (npm i --no-save bufferutil utf-8-validate)`);
+    }
+  };
+  const versions = { bufferutil: version('bufferutil'), 'utf-8-validate': version('utf-8-validate') };
+  delete CHILD_ENV.WS_NO_BUFFER_UTIL;
+  delete CHILD_ENV.WS_NO_UTF_8_VALIDATE;
+  return versions;
+}
 
 export const SERVER_CORE = '0';
 export const CLIENT_CORE = '1';

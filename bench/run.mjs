@@ -9,6 +9,9 @@
 // Row 12 is row 7's stream over Server-Sent Events (`POST /asap/stream`); it has no baseline of its
 // own: it runs right after row 7 in every repeat (`--only 12` runs row 7 too) and is reported as a
 // ratio to row 7's runs of the same repeat (the baseline ws stream, and asap serve over WebSocket).
+// `--ws-native` lets every process (baselines, asap serve, clients) use ws's native add-ons
+// (bufferutil, utf-8-validate; installed with `npm i --no-save bufferutil utf-8-validate`); such a
+// run leaves RESULTS.md alone too, which is measured without them.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -38,11 +41,29 @@ import {
   startRedis,
   startServer,
   useDist,
+  useNativeWs,
 } from './harness.mjs';
 
 const SNAPSHOT = join(OUT_DIR, 'dist-snapshot');
 
 const quick = process.argv.includes('--quick');
+/** `--ws-native`: the add-ons' versions; null for the pure-JS ws of RESULTS.md. */
+const wsNative = (() => {
+  if (!process.argv.includes('--ws-native')) return null;
+  try {
+    return useNativeWs();
+  } catch (err) {
+    process.stderr.write(`${err.message}\n`);
+    process.exit(2);
+  }
+})();
+/** What the report says about ws's add-ons. */
+const wsAddons =
+  wsNative === null
+    ? 'no native add-ons: WS_NO_BUFFER_UTIL=1, WS_NO_UTF_8_VALIDATE=1 in every process'
+    : `native add-ons in every process: bufferutil ${wsNative.bufferutil}, utf-8-validate ${wsNative['utf-8-validate']}`;
+/** RESULTS.md holds whole runs of the pure-JS ws only. */
+const writesResults = () => only === null && wsNative === null;
 const CFG = quick
   ? {
       mode: 'quick',
@@ -1061,7 +1082,7 @@ Written by \`npm run bench${quick ? ' -- --quick' : ''}\` (${CFG.mode} mode) on 
 | CPU | ${info.cpu} |
 | memory | ${info.memoryGiB} GiB |
 | Node | ${info.node} |
-| ws | ${info.ws} (no native add-ons: WS_NO_BUFFER_UTIL=1, WS_NO_UTF_8_VALIDATE=1 in every process) |
+| ws | ${info.ws} (${wsAddons}) |
 | kernel | ${info.kernel} |
 | commit | ${info.commit} |
 | code under test | dist/ as built ${distBuilt.toISOString()} (sha1 of its files ${distHash.slice(0, 12)}), copied to ${relative(ROOT, SNAPSHOT)}/ at the start and run from there |
@@ -1098,7 +1119,7 @@ ${notes.length > 0 ? `\n${notes.map((n) => `**Note:** ${n}`).join('\n\n')}\n` : 
 ## Method
 
 - Each server and each load generator is its own process; servers run on core ${SERVER_CORE}, load generators on
-  core ${CLIENT_CORE} (\`taskset -c\`). No process uses the \`ws\` native add-ons (the env vars above are set in all).
+  core ${CLIENT_CORE} (\`taskset -c\`). ${wsNative === null ? 'No process uses the `ws` native add-ons (the env vars above are set in all).' : 'Every process uses the `ws` native add-ons named above.'}
 - Per measurement: a new load-generator process connects, runs a ${CFG.warmupMs / 1000} s warm-up, then a
   ${CFG.windowMs / 1000} s measuring window; ${CFG.repeats} repeat(s), medians reported. Within a repeat the three
   servers (baseline ws, baseline http, \`asap serve\`) stay up and, row by row, the baseline and ours run back to
@@ -1169,10 +1190,10 @@ ${notes.length > 0 ? `\n${notes.map((n) => `**Note:** ${n}`).join('\n\n')}\n` : 
 
 ${cmdLines.join('\n')}
 `;
-  // RESULTS.md holds whole runs only; a run of some rows (--only) leaves it as it is.
-  if (only === null) writeFileSync(join(BENCH_DIR, 'RESULTS.md'), md);
+  // RESULTS.md holds whole runs only; a run of some rows (--only) or with the add-ons leaves it as it is.
+  if (writesResults()) writeFileSync(join(BENCH_DIR, 'RESULTS.md'), md);
   mkdirSync(OUT_DIR, { recursive: true });
-  const tag = only === null ? CFG.mode : `${CFG.mode}-only-${[...only].join('_')}`;
+  const tag = `${only === null ? CFG.mode : `${CFG.mode}-only-${[...only].join('_')}`}${wsNative === null ? '' : '-ws-native'}`;
   const rawFile = join(OUT_DIR, `results-${tag}-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   writeFileSync(
     rawFile,
@@ -1196,7 +1217,7 @@ ${cmdLines.join('\n')}
     ),
   );
   log(
-    `\nwrote ${only === null ? 'bench/RESULTS.md and ' : ''}${rawFile.slice(ROOT.length + 1)} in ${minutes} min`,
+    `\nwrote ${writesResults() ? 'bench/RESULTS.md and ' : ''}${rawFile.slice(ROOT.length + 1)} in ${minutes} min`,
   );
 }
 
